@@ -1,0 +1,156 @@
+//! `rstar-gpu bench …`: throughput measurements (DESIGN §6).
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand, ValueEnum};
+use rstar_gpu::forest::{backend, toy, BackendKind, Forest, ForestConfig, Rule};
+use serde_json::json;
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// The toy forest workload of reference/toy_forest.c: B trees × S simulations, PUCT (default)
+    /// or UCT selection, a near-free evaluator; prints sims/s and the checksums that must equal
+    /// toy_forest.c's for the same arguments.
+    Forest(ForestArgs),
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum RuleArg {
+    /// mctx MuZero PUCT (c1 = 1.25, c2 = 19652), as toy_forest.c.
+    Puct,
+    /// rStar UCT (c = 2; a fresh node scores its initial value).
+    Uct,
+    /// Textbook UCT: unvisited children first.
+    UctUnvisitedFirst,
+}
+
+#[derive(Args, Debug)]
+pub struct ForestArgs {
+    /// Forest backend. Default: the best available (cuda, then a hardware wgpu adapter, then cpu).
+    #[arg(long, value_enum)]
+    backend: Option<BackendKind>,
+    /// Number of trees B searched together.
+    #[arg(long, default_value_t = 4096)]
+    trees: usize,
+    /// Simulations per tree S.
+    #[arg(long, default_value_t = 64)]
+    sims: usize,
+    /// Actions (children) per node A.
+    #[arg(long, default_value_t = 8)]
+    branching: usize,
+    /// Depth cap D of a selection path.
+    #[arg(long, default_value_t = 16)]
+    max_depth: usize,
+    /// Selection rule.
+    #[arg(long, value_enum, default_value_t = RuleArg::Puct)]
+    rule: RuleArg,
+    /// Leaves selected per tree per step K (virtual loss keeps them apart).
+    #[arg(long, default_value_t = 1)]
+    leaves_per_step: usize,
+    /// Worker threads of the CPU backend (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Node capacity per tree (default: exactly what S simulations need, 1 + A·(S+1)).
+    #[arg(long)]
+    capacity: Option<usize>,
+    /// Virtual loss per in-flight selection.
+    #[arg(long, default_value_t = 1.0)]
+    virtual_loss: f32,
+    /// Repetitions; the fastest is reported (as toy_forest.c does, 3).
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+    /// Print exactly one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(cmd: BenchCommand) -> Result<()> {
+    match cmd {
+        BenchCommand::Forest(a) => forest(a),
+    }
+}
+
+fn forest(a: ForestArgs) -> Result<()> {
+    let mut pool = rayon::ThreadPoolBuilder::new();
+    if let Some(t) = a.threads {
+        anyhow::ensure!(t >= 1, "--threads must be at least 1");
+        pool = pool.num_threads(t);
+    }
+    let pool = pool.build().context("starting the thread pool")?;
+    pool.install(|| forest_in_pool(a))
+}
+
+fn forest_in_pool(a: ForestArgs) -> Result<()> {
+    let kind = a.backend.unwrap_or_else(backend::best_available);
+    let rule = match a.rule {
+        RuleArg::Puct => Rule::MCTX_PUCT,
+        RuleArg::Uct => Rule::RSTAR_UCT,
+        RuleArg::UctUnvisitedFirst => Rule::UctUnvisitedFirst { c: 2.0 },
+    };
+    anyhow::ensure!(
+        a.branching >= 1 && a.branching <= 255,
+        "--branching must be in 1..=255"
+    );
+    let capacity = a
+        .capacity
+        .unwrap_or_else(|| 1 + a.branching.saturating_mul(a.sims.saturating_add(1)));
+    let cfg = ForestConfig {
+        trees: a.trees,
+        capacity,
+        max_children: a.branching,
+        max_depth: a.max_depth,
+        max_leaves: a.leaves_per_step,
+        rule,
+        virtual_loss: a.virtual_loss,
+    };
+    tracing::info!(
+        backend = %kind, trees = a.trees, sims = a.sims, capacity,
+        forest_mib = (cfg.forest_bytes() >> 20) as u64, "building forest"
+    );
+    let mut forest =
+        Forest::new(cfg, kind).with_context(|| format!("creating the {kind} forest"))?;
+    let device = forest.backend_description();
+    tracing::info!(%device, reps = a.reps, "running toy workload");
+    let r = toy::run(&mut forest, a.sims, a.leaves_per_step, a.branching, a.reps)?;
+    let out = json!({
+        "bench": "forest",
+        "backend": kind.name(),
+        "device": device,
+        "trees": a.trees,
+        "sims": a.sims,
+        "branching": a.branching,
+        "max_depth": a.max_depth,
+        "rule": rule.name(),
+        "leaves_per_step": a.leaves_per_step,
+        "threads": rayon::current_num_threads(),
+        "capacity": capacity,
+        "sims_per_sec": r.sims_per_sec.round(),
+        "ms_per_search": (r.ms_per_search * 1e3).round() / 1e3,
+        "mean_depth": (r.mean_depth * 1e4).round() / 1e4,
+        "max_depth_seen": r.max_depth_seen,
+        "checksum": r.checksum,
+        "root_visits_tree0": r.root_visits_tree0,
+    });
+    if a.json {
+        println!("{out}");
+    } else {
+        println!("forest bench on {device}");
+        println!(
+            "  B={} S={} A={} D={} rule={} K={}",
+            a.trees,
+            a.sims,
+            a.branching,
+            a.max_depth,
+            rule.name(),
+            a.leaves_per_step
+        );
+        println!("  sims/s         {:.3e}", r.sims_per_sec);
+        println!("  ms/search      {:.3}", r.ms_per_search);
+        println!(
+            "  mean depth     {:.4} (max {})",
+            r.mean_depth, r.max_depth_seen
+        );
+        println!("  checksum       {}", r.checksum);
+        println!("  tree 0 root    {:?}", r.root_visits_tree0);
+    }
+    Ok(())
+}

@@ -1,0 +1,68 @@
+//! The command-line interface: one file per subcommand. Errors become one line on stderr and a
+//! non-zero exit; `--json` output is exactly one JSON object on stdout; logs go to stderr.
+
+mod bench;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "rstar-gpu",
+    version,
+    about = "rStar-Math on a GPU-native batched MCTS forest",
+    long_about = "rStar-Math (small LLMs solving math step by step with code-augmented chain of thought and \
+                  Monte Carlo Tree Search) built on a batched search forest that runs on the CPU (rayon), \
+                  on NVIDIA GPUs (CUDA kernels compiled at run time by NVRTC) or on any other GPU (wgpu).\n\n\
+                  Logs go to stderr; set RUST_LOG=debug for more."
+)]
+struct Cli {
+    /// More log output on stderr (-v: debug, -vv: trace); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Measure throughput of a component (forest kernels, ...).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    init_tracing(cli.verbose);
+    let result = match cli.command {
+        Command::Bench(b) => bench::run(b),
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            // One line: the chain of causes joined.
+            let msg = e
+                .chain()
+                .map(|c| c.to_string())
+                .collect::<Vec<_>>()
+                .join(": ");
+            eprintln!("error: {msg}");
+            1
+        }
+    }
+}
+
+fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}

@@ -1,0 +1,240 @@
+//! Selection rules: the pure scoring function every backend implements.
+//!
+//! `kernels/forest.cu` (`score_child`, `select_child`) and `shaders/forest.wgsl` mirror these
+//! functions operation for operation, in f32, in the same order, so that the backends agree bit
+//! for bit wherever the platform's `sqrt`/`ln` agree (they differ by at most an ulp elsewhere).
+//!
+//! Virtual loss: a node with `vloss` selections in flight is scored as if it had `vloss` more
+//! visits of value `-virtual_loss`: `N' = N + vloss`, `W' = W - virtual_loss * vloss`. The parent
+//! count is likewise `N_parent + vloss_parent`.
+//!
+//! * **rStar UCT** (`reference/rstar-math.md` §a): `Q + c·sqrt(ln N_parent / N)` with Q = W/N; the
+//!   exploration term is 0 when either count is 0, so a fresh node (N' = 0) scores exactly its
+//!   initial value q0.
+//! * **UCT, unvisited first**: a child with N' = 0 scores `f32::MAX` (so the lowest-index unvisited
+//!   child wins), otherwise as above.
+//! * **PUCT** (mctx muzero, `reference/toy_forest.c`): `pb_c = c1 + ln((N_parent + c2 + 1) / c2)`,
+//!   `q = N' > 0 ? (W'/N' + 1) / 2 : 0` (values in [-1, 1] mapped to [0, 1]),
+//!   `u = q + pb_c · P · sqrt(N_parent) / (1 + N')`.
+//!
+//! Common rules: terminal children are skipped; children pending in this step are skipped; ties go
+//! to the lowest index (strict `>` while scanning in index order).
+
+use super::{flags, Node, Rule, NONE};
+
+/// Per-parent constants of a rule, computed once per selection step at a node.
+#[derive(Clone, Copy, Debug)]
+pub struct ParentTerms {
+    /// UCT: ln(N_parent) (0 when N_parent = 0). PUCT: pb_c.
+    pub a: f32,
+    /// PUCT: sqrt(N_parent) (kept apart from pb_c to keep toy_forest.c's rounding order).
+    pub b: f32,
+    pub parent_n: u32,
+}
+
+#[inline]
+pub fn parent_terms(rule: Rule, parent_visits_eff: u32) -> ParentTerms {
+    let np = parent_visits_eff as f32;
+    let (a, b) = match rule {
+        Rule::Uct { .. } | Rule::UctUnvisitedFirst { .. } => {
+            (if parent_visits_eff == 0 { 0.0 } else { np.ln() }, 0.0)
+        }
+        Rule::Puct { c1, c2 } => (c1 + ((np + c2 + 1.0) / c2).ln(), np.sqrt()),
+    };
+    ParentTerms {
+        a,
+        b,
+        parent_n: parent_visits_eff,
+    }
+}
+
+/// Score of one child given its effective statistics.
+#[inline]
+pub fn score(
+    rule: Rule,
+    pt: ParentTerms,
+    n_eff: u32,
+    w_eff: f32,
+    init_value: f32,
+    prior: f32,
+) -> f32 {
+    match rule {
+        Rule::Uct { c } => {
+            if n_eff == 0 {
+                init_value
+            } else {
+                let n = n_eff as f32;
+                let u = if pt.parent_n == 0 {
+                    0.0
+                } else {
+                    c * (pt.a / n).sqrt()
+                };
+                w_eff / n + u
+            }
+        }
+        Rule::UctUnvisitedFirst { c } => {
+            if n_eff == 0 {
+                f32::MAX
+            } else {
+                let n = n_eff as f32;
+                let u = if pt.parent_n == 0 {
+                    0.0
+                } else {
+                    c * (pt.a / n).sqrt()
+                };
+                w_eff / n + u
+            }
+        }
+        Rule::Puct { .. } => {
+            let q = if n_eff == 0 {
+                0.0
+            } else {
+                (w_eff / n_eff as f32 + 1.0) / 2.0
+            };
+            q + pt.a * prior * pt.b / (1 + n_eff) as f32
+        }
+    }
+}
+
+/// Score of `child` under `parent` with virtual loss applied.
+#[inline]
+pub fn score_node(rule: Rule, pt: ParentTerms, child: &Node, virtual_loss: f32) -> f32 {
+    let n_eff = child.visits + child.vloss;
+    let w_eff = child.value_sum - virtual_loss * child.vloss as f32;
+    score(rule, pt, n_eff, w_eff, child.init_value, child.prior)
+}
+
+/// Outcome of choosing among a node's children.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Choice {
+    /// Index (within the children block) of the best selectable child.
+    Child(u32),
+    /// Every child is terminal (or there are none): the parent becomes terminal.
+    AllTerminal,
+    /// Some child is open but every open one is pending in this step: a collision.
+    Blocked,
+}
+
+/// Choose among `children` (the contiguous block of a node with `parent_visits_eff` visits).
+#[inline]
+pub fn select_child(
+    rule: Rule,
+    parent_visits_eff: u32,
+    children: &[Node],
+    virtual_loss: f32,
+) -> Choice {
+    let pt = parent_terms(rule, parent_visits_eff);
+    let mut best = NONE;
+    let mut best_score = 0.0f32;
+    let mut any_open = false;
+    for (j, c) in children.iter().enumerate() {
+        if c.is(flags::TERMINAL) {
+            continue;
+        }
+        any_open = true;
+        if c.is(flags::PENDING) {
+            continue;
+        }
+        let s = score_node(rule, pt, c, virtual_loss);
+        if best == NONE || s > best_score {
+            best = j as u32;
+            best_score = s;
+        }
+    }
+    if best != NONE {
+        Choice::Child(best)
+    } else if any_open {
+        Choice::Blocked
+    } else {
+        Choice::AllTerminal
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn child(visits: u32, w: f32, q0: f32) -> Node {
+        Node {
+            visits,
+            value_sum: w,
+            init_value: q0,
+            ..Node::default()
+        }
+    }
+
+    #[test]
+    fn fresh_node_scores_its_initial_value() {
+        let pt = parent_terms(Rule::RSTAR_UCT, 10);
+        assert_eq!(
+            score_node(Rule::RSTAR_UCT, pt, &child(0, 0.0, 0.37), 1.0),
+            0.37
+        );
+    }
+
+    #[test]
+    fn exploration_is_zero_when_parent_unvisited() {
+        let pt = parent_terms(Rule::RSTAR_UCT, 0);
+        assert_eq!(
+            score_node(Rule::RSTAR_UCT, pt, &child(2, 1.0, 0.0), 1.0),
+            0.5
+        );
+    }
+
+    #[test]
+    fn uct_formula() {
+        let pt = parent_terms(Rule::RSTAR_UCT, 9);
+        let s = score_node(Rule::RSTAR_UCT, pt, &child(3, -0.6, 0.0), 1.0);
+        let want = -0.2f32 + 2.0 * ((9f32).ln() / 3.0).sqrt();
+        assert!((s - want).abs() < 1e-6, "{s} vs {want}");
+    }
+
+    #[test]
+    fn ties_go_to_lowest_index_and_terminals_are_skipped() {
+        let mut cs = vec![child(0, 0.0, 0.5); 4];
+        cs[0].meta = flags::TERMINAL;
+        assert_eq!(select_child(Rule::RSTAR_UCT, 1, &cs, 1.0), Choice::Child(1));
+        for c in &mut cs {
+            c.meta = flags::TERMINAL;
+        }
+        assert_eq!(
+            select_child(Rule::RSTAR_UCT, 1, &cs, 1.0),
+            Choice::AllTerminal
+        );
+        assert_eq!(
+            select_child(Rule::RSTAR_UCT, 1, &[], 1.0),
+            Choice::AllTerminal
+        );
+        cs[2].meta = flags::PENDING;
+        assert_eq!(select_child(Rule::RSTAR_UCT, 1, &cs, 1.0), Choice::Blocked);
+    }
+
+    #[test]
+    fn unvisited_first() {
+        let r = Rule::UctUnvisitedFirst { c: 2.0 };
+        let cs = vec![child(5, 5.0, 0.0), child(0, 0.0, -1.0), child(0, 0.0, 1.0)];
+        assert_eq!(select_child(r, 5, &cs, 1.0), Choice::Child(1));
+    }
+
+    #[test]
+    fn virtual_loss_moves_the_choice() {
+        let mut cs = vec![child(0, 0.0, 0.0); 2];
+        assert_eq!(select_child(Rule::RSTAR_UCT, 0, &cs, 1.0), Choice::Child(0));
+        cs[0].vloss = 1;
+        // child 0 now scores -1 + 0 (parent count 1 → ln 1 = 0), child 1 scores 0.
+        assert_eq!(select_child(Rule::RSTAR_UCT, 1, &cs, 1.0), Choice::Child(1));
+    }
+
+    #[test]
+    fn puct_matches_toy_formula() {
+        let r = Rule::MCTX_PUCT;
+        let (nvis, v, w, p) = (7i32, 3i32, 0.25f32, 0.3f32);
+        let sq = (nvis as f32).sqrt();
+        let pbc = 1.25f32 + ((nvis as f32 + 19652.0 + 1.0) / 19652.0).ln();
+        let q = (w / v as f32 + 1.0) / 2.0;
+        let want = q + pbc * p * sq / (1 + v) as f32;
+        let pt = parent_terms(r, nvis as u32);
+        let got = score(r, pt, v as u32, w, 0.0, p);
+        assert!((got - want).abs() <= 1e-6 * want.abs(), "{got} vs {want}");
+    }
+}
