@@ -5,15 +5,26 @@
 //! One worker owns a tree for the whole of a phase and handles its K slots in order, so no
 //! atomics are needed and float sums are added in the same order on every backend.
 //!
-//! Selection interleaves a group of trees per worker, advancing each one level per round and
-//! prefetching the chosen child's children block before moving to the next tree: a lone
-//! descent is a chain of dependent cache misses, and interleaving keeps several in flight.
+//! Two things make it fast without changing any result:
+//! * **Interleaved descent.** Selection advances a group of trees one level per round and
+//!   prefetches the chosen child's children block before turning to the next tree: a lone descent
+//!   is a chain of dependent cache misses, and interleaving keeps several in flight. Four children
+//!   are scored at once with SSE2 (same operations lane by lane, so the same bits).
+//! * **Phase fusion.** Inputs already on the backend (the built-in evaluator's staged expansion,
+//!   and any backup, whose host values are copied in) are not applied at once: they are applied
+//!   tree by tree in the same pass as the next `select` (or at the next read or sync), while each
+//!   tree's nodes are still in cache — one pass over the forest per step instead of four. Trees are
+//!   independent, so the order of work across trees never changes a result. Host expansions run
+//!   at once, so their per-tree errors are reported by `expand` itself; errors of deferred work
+//!   are reported at the next read or sync, exactly as on the device backends.
 
 use super::backend::{BackendKind, ForestBackend, Input, ToyParams, ToyStats};
-use super::rules::{select_child, Choice};
+#[cfg(target_arch = "x86_64")]
+use super::rules::simd::Lanes;
+use super::rules::{Choice, ParentTerms, Scorer};
 use super::{
     flags, status, status_error, toy, Backup, Expansion, ForestConfig, ForestError, ForestSnapshot,
-    Node, Rule, Selection, NONE,
+    Node, Selection, NONE,
 };
 use rayon::prelude::*;
 
@@ -28,30 +39,71 @@ struct TreeMeta {
     max_depth: u32,
 }
 
+/// Work accepted but not yet applied (see the module docs), in phase order.
+#[derive(Clone, Copy, Debug, Default)]
+struct Deferred {
+    /// K of the selection the work applies to.
+    k: usize,
+    /// Toy evaluation pending; `Some(record)`.
+    toy_eval: Option<bool>,
+    expand: bool,
+    backup: bool,
+}
+
+impl Deferred {
+    fn any(&self) -> bool {
+        self.toy_eval.is_some() || self.expand || self.backup
+    }
+}
+
+/// All arrays are strided by `km` = max_leaves per tree (not by the current K), so a fused pass
+/// can write tree t's new selection while a later tree still holds its previous one.
 pub struct CpuForest {
     cfg: ForestConfig,
+    km: usize,
     /// `[B, N]`.
     nodes: Vec<Node>,
     /// `[B]`.
     meta: Vec<TreeMeta>,
-    /// `[B, K]` (stride = the current K).
+    /// `[B, KM]`.
     leaves: Vec<u32>,
-    /// `[B, K]`.
+    /// `[B, KM]`.
     path_len: Vec<u32>,
-    /// `[B, K, D+1]`.
+    /// `[B, KM, D+1]`.
     paths: Vec<u32>,
-    /// Staged expansion / backup written by the toy evaluator, same shapes as the host inputs.
-    staged_exp: Expansion,
-    staged_bk: Backup,
-    /// `[B, N]` toy state of each evaluated node.
+    /// Staged expansion: counts `[B, KM]`, values/priors/flags `[B, KM, A]`.
+    exp: Expansion,
+    /// Staged backup `[B, KM]`.
+    bk: Backup,
+    /// `[B, N]` toy state of each evaluated node (allocated by `toy_reset`).
     toy_state: Vec<u32>,
     toy: Option<ToyParams>,
+    deferred: Deferred,
+    /// Parent terms of the rule for parent counts below [`LUT_SIZE`] (same bits as computing them).
+    lut: Vec<ParentTerms>,
+}
+
+/// One rayon task's share: `GROUP` consecutive trees and their slices of every array.
+struct Group<'a> {
+    first_tree: usize,
+    nodes: &'a mut [Node],
+    meta: &'a mut [TreeMeta],
+    leaves: &'a mut [u32],
+    path_len: &'a mut [u32],
+    paths: &'a mut [u32],
+    counts: &'a mut [u32],
+    values: &'a [f32],
+    priors: &'a mut [f32],
+    flags: &'a [u32],
+    bk_values: &'a mut [f32],
+    bk_mask: &'a mut [u8],
+    toy_state: Option<&'a mut [u32]>,
 }
 
 impl CpuForest {
     pub fn new(cfg: &ForestConfig) -> Result<CpuForest, ForestError> {
         cfg.validate()?;
-        let (b, n, k, a) = (cfg.trees, cfg.capacity, cfg.max_leaves, cfg.max_children);
+        let (b, n, km, a) = (cfg.trees, cfg.capacity, cfg.max_leaves, cfg.max_children);
         let mut nodes = Vec::new();
         nodes.try_reserve_exact(b * n).map_err(|_| {
             ForestError::InvalidConfig(format!(
@@ -62,23 +114,24 @@ impl CpuForest {
         nodes.resize(b * n, Node::default());
         Ok(CpuForest {
             cfg: cfg.clone(),
+            km,
             nodes,
             meta: vec![TreeMeta::default(); b],
-            leaves: vec![NONE; b * k],
-            path_len: vec![0; b * k],
-            paths: vec![NONE; b * k * cfg.path_stride()],
-            staged_exp: Expansion::zeros(b, k, a),
-            staged_bk: Backup {
-                values: vec![0.0; b * k],
-                mask: vec![0; b * k],
+            leaves: vec![NONE; b * km],
+            path_len: vec![0; b * km],
+            paths: vec![NONE; b * km * cfg.path_stride()],
+            exp: Expansion::zeros(b, km, a),
+            bk: Backup {
+                values: vec![0.0; b * km],
+                mask: vec![0; b * km],
             },
             toy_state: Vec::new(),
             toy: None,
+            deferred: Deferred::default(),
+            lut: (0..LUT_SIZE as u32)
+                .map(|np| super::rules::parent_terms(cfg.rule, np))
+                .collect(),
         })
-    }
-
-    fn n(&self) -> usize {
-        self.cfg.capacity
     }
 
     fn take_status(&mut self) -> Result<(), ForestError> {
@@ -88,7 +141,254 @@ impl CpuForest {
         }
         status_error(&st, self.cfg.capacity)
     }
+
+    /// One pass over the forest: apply the deferred work of each tree, then (if `select` is
+    /// given) select that many leaves in it.
+    fn pass(&mut self, select: Option<usize>) {
+        let d = std::mem::take(&mut self.deferred);
+        if !d.any() && select.is_none() {
+            return;
+        }
+        let cfg = self.cfg.clone();
+        let toy = self.toy.clone();
+        let lut = &self.lut[..];
+        let (n, km, a, st) = (cfg.capacity, self.km, cfg.max_children, cfg.path_stride());
+        let groups = groups(
+            &cfg,
+            km,
+            &mut self.nodes,
+            &mut self.meta,
+            &mut self.leaves,
+            &mut self.path_len,
+            &mut self.paths,
+            &mut self.exp,
+            &mut self.bk,
+            &mut self.toy_state,
+        );
+        groups.into_par_iter().for_each(|mut gr| {
+            let gt = gr.meta.len();
+            if d.any() {
+                // Issue every tree's loads before using any (memory-level parallelism): the
+                // recorded paths (backup), the arena's bump region (expansion), toy states.
+                for t in 0..gt {
+                    let arena = &gr.nodes[t * n..(t + 1) * n];
+                    for slot in 0..d.k {
+                        let i = t * km + slot;
+                        let len = gr.path_len[i] as usize;
+                        for &id in &gr.paths[i * st..i * st + len] {
+                            prefetch_line(&arena[id as usize] as *const Node as *const u8);
+                        }
+                        if let (Some(state), true) = (gr.toy_state.as_deref(), len > 0) {
+                            let leaf = gr.paths[i * st + len - 1] as usize;
+                            prefetch_line(&state[t * n + leaf] as *const u32 as *const u8);
+                        }
+                    }
+                    let bump = gr.meta[t].n_nodes as usize;
+                    if d.expand && bump < n {
+                        prefetch_block(&arena[bump], a.min(n - bump));
+                    }
+                }
+                for t in 0..gt {
+                    let k = d.k;
+                    let arena = &mut gr.nodes[t * n..(t + 1) * n];
+                    let m = &mut gr.meta[t];
+                    let slots = t * km..t * km + k;
+                    let cells = t * km * a..(t * km + k) * a;
+                    let paths = &gr.paths[t * km * st..(t * km + k) * st];
+                    if let (Some(record), Some(toy), Some(state)) =
+                        (d.toy_eval, toy.as_ref(), gr.toy_state.as_deref_mut())
+                    {
+                        toy_eval_tree(
+                            arena,
+                            &mut state[t * n..(t + 1) * n],
+                            m,
+                            gr.first_tree + t,
+                            record,
+                            toy,
+                            a,
+                            &gr.leaves[slots.clone()],
+                            &mut gr.counts[slots.clone()],
+                            &mut gr.priors[cells.clone()],
+                            &mut gr.bk_values[slots.clone()],
+                            &mut gr.bk_mask[slots.clone()],
+                        );
+                    }
+                    if d.expand {
+                        let s = expand_tree(
+                            arena,
+                            &mut m.n_nodes,
+                            a,
+                            &gr.leaves[slots.clone()],
+                            &gr.counts[slots.clone()],
+                            &gr.values[cells.clone()],
+                            &gr.priors[cells.clone()],
+                            &gr.flags[cells.clone()],
+                        );
+                        if s != status::OK && m.status == status::OK {
+                            m.status = s;
+                        }
+                    }
+                    if d.backup {
+                        backup_tree(
+                            arena,
+                            st,
+                            &gr.leaves[slots.clone()],
+                            &gr.path_len[slots.clone()],
+                            paths,
+                            &gr.bk_values[slots.clone()],
+                            &gr.bk_mask[slots],
+                        );
+                    }
+                }
+            }
+            if let Some(k) = select {
+                crate::with_scorer!(cfg.rule, |s| select_group(
+                    s,
+                    lut,
+                    cfg.virtual_loss,
+                    cfg.max_depth as u32,
+                    n,
+                    st,
+                    km,
+                    k,
+                    gr.nodes,
+                    gr.leaves,
+                    gr.path_len,
+                    gr.paths
+                ))
+            }
+        });
+    }
+
+    /// Apply all deferred work now.
+    fn flush(&mut self) {
+        self.pass(None)
+    }
 }
+
+/// Split every array into per-group slices.
+#[allow(clippy::too_many_arguments)]
+fn groups<'a>(
+    cfg: &ForestConfig,
+    km: usize,
+    nodes: &'a mut [Node],
+    meta: &'a mut [TreeMeta],
+    leaves: &'a mut [u32],
+    path_len: &'a mut [u32],
+    paths: &'a mut [u32],
+    exp: &'a mut Expansion,
+    bk: &'a mut Backup,
+    toy_state: &'a mut [u32],
+) -> Vec<Group<'a>> {
+    let (n, a, st) = (cfg.capacity, cfg.max_children, cfg.path_stride());
+    let g = GROUP;
+    let toy: Box<dyn Iterator<Item = Option<&mut [u32]>>> = if toy_state.is_empty() {
+        Box::new(std::iter::repeat_with(|| None))
+    } else {
+        Box::new(toy_state.chunks_mut(g * n).map(Some))
+    };
+    nodes
+        .chunks_mut(g * n)
+        .zip(meta.chunks_mut(g))
+        .zip(leaves.chunks_mut(g * km))
+        .zip(path_len.chunks_mut(g * km))
+        .zip(paths.chunks_mut(g * km * st))
+        .zip(exp.counts.chunks_mut(g * km))
+        .zip(exp.values.chunks(g * km * a))
+        .zip(exp.priors.chunks_mut(g * km * a))
+        .zip(exp.flags.chunks(g * km * a))
+        .zip(bk.values.chunks_mut(g * km))
+        .zip(bk.mask.chunks_mut(g * km))
+        .zip(toy)
+        .enumerate()
+        .map(
+            |(
+                i,
+                (
+                    (
+                        (
+                            (
+                                (
+                                    (
+                                        (((((nodes, meta), leaves), path_len), paths), counts),
+                                        values,
+                                    ),
+                                    priors,
+                                ),
+                                flags,
+                            ),
+                            bk_values,
+                        ),
+                        bk_mask,
+                    ),
+                    toy_state,
+                ),
+            )| Group {
+                first_tree: i * g,
+                nodes,
+                meta,
+                leaves,
+                path_len,
+                paths,
+                counts,
+                values,
+                priors,
+                flags,
+                bk_values,
+                bk_mask,
+                toy_state,
+            },
+        )
+        .collect()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn toy_eval_tree(
+    arena: &[Node],
+    state: &mut [u32],
+    m: &mut TreeMeta,
+    tree: usize,
+    record: bool,
+    toy: &ToyParams,
+    a: usize,
+    leaves: &[u32],
+    counts: &mut [u32],
+    priors: &mut [f32],
+    values: &mut [f32],
+    mask: &mut [u8],
+) {
+    for (slot, &leaf) in leaves.iter().enumerate() {
+        if leaf == NONE {
+            counts[slot] = 0;
+            mask[slot] = 0;
+            continue;
+        }
+        let x = &arena[leaf as usize];
+        if leaf == 0 {
+            state[0] = tree as u32;
+        } else {
+            let p = x.parent as usize;
+            state[leaf as usize] = toy::child_state(state[p], leaf - arena[p].first_child);
+        }
+        values[slot] = toy::value(state[leaf as usize]);
+        mask[slot] = 1;
+        counts[slot] = if x.is(flags::EXPANDED) {
+            0
+        } else {
+            toy.branching as u32
+        };
+        priors[slot * a..slot * a + toy.branching].copy_from_slice(&toy.priors);
+        if record {
+            let d = x.depth();
+            m.depth_sum += d as u64;
+            m.leaves += 1;
+            m.max_depth = m.max_depth.max(d);
+        }
+    }
+}
+
+/// Parent counts with precomputed rule terms (ln, sqrt): most nodes of a search are below it.
+const LUT_SIZE: usize = 4096;
 
 /// Trees handled together by one selection worker (memory-level parallelism).
 const GROUP: usize = 8;
@@ -104,78 +404,90 @@ struct Cursor {
 }
 
 #[inline(always)]
-fn prefetch(p: *const Node) {
+fn prefetch_line(p: *const u8) {
     #[cfg(target_arch = "x86_64")]
+    // SAFETY: prefetch is a hint; it never faults, whatever the address.
     unsafe {
-        // SAFETY: prefetch is a hint; it never faults, whatever the address.
         std::arch::x86_64::_mm_prefetch(p as *const i8, std::arch::x86_64::_MM_HINT_T0);
-        std::arch::x86_64::_mm_prefetch(
-            (p as *const i8).wrapping_add(64),
-            std::arch::x86_64::_MM_HINT_T0,
-        );
-        std::arch::x86_64::_mm_prefetch(
-            (p as *const i8).wrapping_add(128),
-            std::arch::x86_64::_MM_HINT_T0,
-        );
-        std::arch::x86_64::_mm_prefetch(
-            (p as *const i8).wrapping_add(192),
-            std::arch::x86_64::_MM_HINT_T0,
-        );
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = p;
 }
 
-/// Select `k` leaves in each tree of a group (`arenas[g]` is tree g's arena).
+/// Prefetch every cache line of a children block of `nc` nodes starting at `p` (blocks start at
+/// odd node ids, so an 8-child block of 256 bytes straddles five 64-byte lines).
+#[inline(always)]
+fn prefetch_block(p: *const Node, nc: usize) {
+    let start = p as usize & !63;
+    let end = p as usize + nc * Node::BYTES;
+    let mut line = start;
+    while line < end {
+        prefetch_line(line as *const u8);
+        line += 64;
+    }
+}
+
+/// Select `k` leaves in each tree of a group. `group` holds the group's arenas back to back
+/// (`[G, N]`), so tree t's node `id` is `group[t * n + id]`.
 #[allow(clippy::too_many_arguments)]
-fn select_group(
-    rule: Rule,
+fn select_group<S: Scorer>(
+    s: S,
+    lut: &[ParentTerms],
     vl: f32,
     max_depth: u32,
+    n: usize,
     stride: usize,
+    km: usize,
     k: usize,
-    arenas: &mut [&mut [Node]],
+    group: &mut [Node],
     leaves: &mut [u32],
     path_len: &mut [u32],
     paths: &mut [u32],
 ) {
-    let g = arenas.len();
+    let g = group.len() / n;
     for slot in 0..k {
         let mut cur = [Cursor {
             node: 0,
             len: 0,
-            done: false,
+            done: true,
             leaf: NONE,
         }; GROUP];
-        // Start every tree's descent at its root.
-        for t in 0..g {
-            let path = &mut paths[(t * k + slot) * stride..(t * k + slot + 1) * stride];
-            start(&arenas[t][..], &mut cur[t], path);
+        for (t, c) in cur.iter_mut().enumerate().take(g) {
+            let path = &mut paths[(t * km + slot) * stride..(t * km + slot + 1) * stride];
+            start(&group[t * n..(t + 1) * n], c, path);
         }
+        // Advance every unfinished tree one level per round.
         loop {
             let mut active = false;
-            for t in 0..g {
-                if cur[t].done {
+            for (t, c) in cur.iter_mut().enumerate().take(g) {
+                if c.done {
                     continue;
                 }
                 active = true;
-                let path = &mut paths[(t * k + slot) * stride..(t * k + slot + 1) * stride];
-                advance(rule, vl, max_depth, &mut arenas[t][..], &mut cur[t], path);
+                let path = &mut paths[(t * km + slot) * stride..(t * km + slot + 1) * stride];
+                advance(
+                    s,
+                    lut,
+                    vl,
+                    max_depth,
+                    &mut group[t * n..(t + 1) * n],
+                    c,
+                    path,
+                );
             }
             if !active {
                 break;
             }
         }
-        for t in 0..g {
-            let i = t * k + slot;
-            let c = cur[t];
+        for (t, c) in cur.iter().enumerate().take(g) {
+            let i = t * km + slot;
             leaves[i] = c.leaf;
             if c.leaf == NONE {
                 path_len[i] = 0;
                 continue;
             }
             path_len[i] = c.len;
-            let arena = &mut arenas[t][..];
+            let arena = &mut group[t * n..(t + 1) * n];
             for &id in &paths[i * stride..i * stride + c.len as usize] {
                 arena[id as usize].vloss += 1;
             }
@@ -204,14 +516,15 @@ fn start(arena: &[Node], c: &mut Cursor, path: &mut [u32]) {
     path[0] = 0;
     let r = &arena[0];
     if r.first_child != NONE {
-        prefetch(&arena[r.first_child as usize]);
+        prefetch_block(&arena[r.first_child as usize], r.n_children() as usize);
     }
 }
 
 /// One level of one tree's descent.
-#[inline]
-fn advance(
-    rule: Rule,
+#[inline(always)]
+fn advance<S: Scorer>(
+    s: S,
+    lut: &[ParentTerms],
     vl: f32,
     max_depth: u32,
     arena: &mut [Node],
@@ -226,7 +539,12 @@ fn advance(
     }
     let first = x.first_child as usize;
     let nc = x.n_children() as usize;
-    match select_child(rule, x.visits + x.vloss, &arena[first..first + nc], vl) {
+    let np = x.visits + x.vloss;
+    let pt = match lut.get(np as usize) {
+        Some(&pt) => pt,
+        None => s.parent(np),
+    };
+    match choose_fast(s, pt, &arena[first..first + nc], vl) {
         Choice::Child(j) => {
             let id = first as u32 + j;
             path[c.len as usize] = id;
@@ -234,7 +552,7 @@ fn advance(
             c.node = id;
             let ch = &arena[id as usize];
             if ch.first_child != NONE {
-                prefetch(&arena[ch.first_child as usize]);
+                prefetch_block(&arena[ch.first_child as usize], ch.n_children() as usize);
             }
         }
         Choice::AllTerminal => {
@@ -246,6 +564,142 @@ fn advance(
             c.leaf = NONE;
         }
     }
+}
+
+/// [`rules::choose`](super::rules::choose) with the scores of four children computed at once
+/// (x86_64 SSE2; the same operations lane by lane, so the same bits) and a branch-free argmax:
+/// the maximum over selectable children, then the lowest index holding it — what the sequential
+/// scan with strict `>` picks.
+#[inline(always)]
+fn choose_fast<S: Scorer>(s: S, pt: ParentTerms, children: &[Node], vl: f32) -> Choice {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::*;
+        let nc = children.len();
+        if nc > 64 {
+            return super::rules::choose_with(s, pt, children, vl);
+        }
+        let blocks = nc / 4;
+        // Bit j set: child j is not terminal / is selectable / holds the maximum.
+        let mut open_bits = 0u64;
+        let mut free_bits = 0u64;
+        // SAFETY: SSE is part of the x86_64 baseline.
+        let mut masked = [unsafe { _mm_setzero_ps() }; 16];
+        // SAFETY: SSE2 is part of the x86_64 baseline; each load reads 16 bytes inside `children`
+        // (4 × 32-byte plain u32/f32 records), unaligned loads.
+        unsafe {
+            let neg = _mm_set1_ps(f32::NEG_INFINITY);
+            let mut vmax = neg;
+            for (blk, slot) in masked.iter_mut().enumerate().take(blocks) {
+                let p = children.as_ptr().add(blk * 4) as *const f32;
+                let mut lo = [
+                    _mm_loadu_ps(p),
+                    _mm_loadu_ps(p.add(8)),
+                    _mm_loadu_ps(p.add(16)),
+                    _mm_loadu_ps(p.add(24)),
+                ];
+                let mut hi = [
+                    _mm_loadu_ps(p.add(4)),
+                    _mm_loadu_ps(p.add(12)),
+                    _mm_loadu_ps(p.add(20)),
+                    _mm_loadu_ps(p.add(28)),
+                ];
+                transpose(&mut lo);
+                transpose(&mut hi);
+                // lo = [visits, vloss, value_sum, init_value], hi = [prior, first_child, parent, meta]
+                let vloss = _mm_castps_si128(lo[1]);
+                let lanes = Lanes {
+                    n_eff: _mm_add_epi32(_mm_castps_si128(lo[0]), vloss),
+                    w_eff: _mm_sub_ps(lo[2], _mm_mul_ps(_mm_set1_ps(vl), _mm_cvtepi32_ps(vloss))),
+                    init: lo[3],
+                    prior: hi[0],
+                };
+                let sc = s.score4(pt, &lanes);
+                let meta = _mm_castps_si128(hi[3]);
+                let zero = _mm_setzero_si128();
+                let open = _mm_cmpeq_epi32(
+                    _mm_and_si128(meta, _mm_set1_epi32(flags::TERMINAL as i32)),
+                    zero,
+                );
+                let free = _mm_castsi128_ps(_mm_cmpeq_epi32(
+                    _mm_and_si128(
+                        meta,
+                        _mm_set1_epi32((flags::TERMINAL | flags::PENDING) as i32),
+                    ),
+                    zero,
+                ));
+                open_bits |= (_mm_movemask_ps(_mm_castsi128_ps(open)) as u64) << (blk * 4);
+                free_bits |= (_mm_movemask_ps(free) as u64) << (blk * 4);
+                let m = _mm_or_ps(_mm_and_ps(free, sc), _mm_andnot_ps(free, neg));
+                *slot = m;
+                vmax = _mm_max_ps(vmax, m);
+            }
+            // The tail (fewer than four children) in scalar code.
+            let mut tail_max = f32::NEG_INFINITY;
+            let mut tail_scores = [f32::NEG_INFINITY; 4];
+            for j in blocks * 4..nc {
+                let c = &children[j];
+                if c.is(flags::TERMINAL) {
+                    continue;
+                }
+                open_bits |= 1 << j;
+                if c.is(flags::PENDING) {
+                    continue;
+                }
+                free_bits |= 1 << j;
+                let sc = s.score(
+                    pt,
+                    c.visits + c.vloss,
+                    c.value_sum - vl * c.vloss as f32,
+                    c.init_value,
+                    c.prior,
+                );
+                tail_scores[j - blocks * 4] = sc;
+                tail_max = tail_max.max(sc);
+            }
+            if free_bits == 0 {
+                return if open_bits != 0 {
+                    Choice::Blocked
+                } else {
+                    Choice::AllTerminal
+                };
+            }
+            let m1 = _mm_max_ps(vmax, _mm_shuffle_ps(vmax, vmax, 0b10_11_00_01));
+            let m2 = _mm_max_ps(m1, _mm_shuffle_ps(m1, m1, 0b01_00_11_10));
+            let h = _mm_cvtss_f32(m2).max(tail_max);
+            let hv = _mm_set1_ps(h);
+            let mut eq_bits = 0u64;
+            for (blk, m) in masked.iter().enumerate().take(blocks) {
+                eq_bits |= (_mm_movemask_ps(_mm_cmpeq_ps(*m, hv)) as u64) << (blk * 4);
+            }
+            for (t, &sc) in tail_scores.iter().enumerate().take(nc - blocks * 4) {
+                eq_bits |= ((sc == h) as u64) << (blocks * 4 + t);
+            }
+            eq_bits &= free_bits;
+            if eq_bits == 0 {
+                // Only reachable with NaN scores; let the sequential scan decide.
+                return super::rules::choose_with(s, pt, children, vl);
+            }
+            Choice::Child(eq_bits.trailing_zeros())
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    super::rules::choose_with(s, pt, children, vl)
+}
+
+/// 4×4 transpose of f32 lanes (as `_MM_TRANSPOSE4_PS`).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn transpose(r: &mut [std::arch::x86_64::__m128; 4]) {
+    use std::arch::x86_64::*;
+    let t0 = _mm_unpacklo_ps(r[0], r[1]);
+    let t1 = _mm_unpacklo_ps(r[2], r[3]);
+    let t2 = _mm_unpackhi_ps(r[0], r[1]);
+    let t3 = _mm_unpackhi_ps(r[2], r[3]);
+    r[0] = _mm_movelh_ps(t0, t1);
+    r[1] = _mm_movehl_ps(t1, t0);
+    r[2] = _mm_movelh_ps(t2, t3);
+    r[3] = _mm_movehl_ps(t3, t2);
 }
 
 /// Expansion of one tree, all-or-nothing. Returns the tree's new status.
@@ -376,7 +830,8 @@ impl ForestBackend for CpuForest {
     }
 
     fn reset(&mut self, root_values: &[f32], root_visits: u32) -> Result<(), ForestError> {
-        let n = self.n();
+        self.deferred = Deferred::default();
+        let n = self.cfg.capacity;
         self.nodes
             .par_chunks_mut(n)
             .zip(self.meta.par_iter_mut())
@@ -390,85 +845,90 @@ impl ForestBackend for CpuForest {
     }
 
     fn select(&mut self, k: usize) -> Result<(), ForestError> {
-        let (n, stride) = (self.n(), self.cfg.path_stride());
-        let (rule, vl, d) = (
-            self.cfg.rule,
-            self.cfg.virtual_loss,
-            self.cfg.max_depth as u32,
-        );
-        let b = self.cfg.trees;
-        self.nodes
-            .par_chunks_mut(n * GROUP)
-            .zip(self.leaves[..b * k].par_chunks_mut(k * GROUP))
-            .zip(self.path_len[..b * k].par_chunks_mut(k * GROUP))
-            .zip(self.paths[..b * k * stride].par_chunks_mut(k * stride * GROUP))
-            .for_each(|(((group, leaves), plen), paths)| {
-                let mut arenas: Vec<&mut [Node]> = group.chunks_mut(n).collect();
-                select_group(rule, vl, d, stride, k, &mut arenas, leaves, plen, paths);
-            });
+        self.pass(Some(k));
         Ok(())
     }
 
     fn selection(&mut self, k: usize) -> Result<Selection, ForestError> {
-        let (b, stride) = (self.cfg.trees, self.cfg.path_stride());
-        Ok(Selection {
+        self.flush();
+        let (b, km, st) = (self.cfg.trees, self.km, self.cfg.path_stride());
+        let mut sel = Selection {
             trees: b,
             k,
-            path_stride: stride,
-            leaves: self.leaves[..b * k].to_vec(),
-            path_len: self.path_len[..b * k].to_vec(),
-            paths: self.paths[..b * k * stride].to_vec(),
-        })
+            path_stride: st,
+            leaves: Vec::with_capacity(b * k),
+            path_len: Vec::with_capacity(b * k),
+            paths: Vec::with_capacity(b * k * st),
+        };
+        for t in 0..b {
+            sel.leaves
+                .extend_from_slice(&self.leaves[t * km..t * km + k]);
+            sel.path_len
+                .extend_from_slice(&self.path_len[t * km..t * km + k]);
+            sel.paths
+                .extend_from_slice(&self.paths[t * km * st..(t * km + k) * st]);
+        }
+        self.take_status()?;
+        Ok(sel)
     }
 
     fn expand(&mut self, input: Input<'_, Expansion>, k: usize) -> Result<(), ForestError> {
-        let (n, a) = (self.n(), self.cfg.max_children);
-        let e = match input {
-            Input::Host(e) => e,
-            Input::Staged => &self.staged_exp,
-        };
-        let b = self.cfg.trees;
-        self.nodes
-            .par_chunks_mut(n)
-            .zip(self.meta.par_iter_mut())
-            .zip(self.leaves[..b * k].par_chunks(k))
-            .zip(e.counts[..b * k].par_chunks(k))
-            .zip(e.values[..b * k * a].par_chunks(k * a))
-            .zip(e.priors[..b * k * a].par_chunks(k * a))
-            .zip(e.flags[..b * k * a].par_chunks(k * a))
-            .with_min_len(32)
-            .for_each(|((((((arena, m), leaves), counts), values), priors), fl)| {
-                let s = expand_tree(arena, &mut m.n_nodes, a, leaves, counts, values, priors, fl);
-                if s != status::OK && m.status == status::OK {
-                    m.status = s;
-                }
-            });
-        self.take_status()
+        match input {
+            Input::Staged => {
+                self.deferred.k = k;
+                self.deferred.expand = true;
+                Ok(())
+            }
+            Input::Host(e) => {
+                self.flush();
+                let (n, km, a) = (self.cfg.capacity, self.km, self.cfg.max_children);
+                let b = self.cfg.trees;
+                self.nodes
+                    .par_chunks_mut(n)
+                    .zip(self.meta.par_iter_mut())
+                    .zip(self.leaves.par_chunks(km))
+                    .zip(e.counts[..b * k].par_chunks(k))
+                    .zip(e.values[..b * k * a].par_chunks(k * a))
+                    .zip(e.priors[..b * k * a].par_chunks(k * a))
+                    .zip(e.flags[..b * k * a].par_chunks(k * a))
+                    .with_min_len(32)
+                    .for_each(|((((((arena, m), leaves), counts), values), priors), fl)| {
+                        let s = expand_tree(
+                            arena,
+                            &mut m.n_nodes,
+                            a,
+                            &leaves[..k],
+                            counts,
+                            values,
+                            priors,
+                            fl,
+                        );
+                        if s != status::OK && m.status == status::OK {
+                            m.status = s;
+                        }
+                    });
+                self.take_status()
+            }
+        }
     }
 
     fn backup(&mut self, input: Input<'_, Backup>, k: usize) -> Result<(), ForestError> {
-        let (n, stride) = (self.n(), self.cfg.path_stride());
-        let bk = match input {
-            Input::Host(bk) => bk,
-            Input::Staged => &self.staged_bk,
-        };
-        let b = self.cfg.trees;
-        self.nodes
-            .par_chunks_mut(n)
-            .zip(self.leaves[..b * k].par_chunks(k))
-            .zip(self.path_len[..b * k].par_chunks(k))
-            .zip(self.paths[..b * k * stride].par_chunks(k * stride))
-            .zip(bk.values[..b * k].par_chunks(k))
-            .zip(bk.mask[..b * k].par_chunks(k))
-            .with_min_len(32)
-            .for_each(|(((((arena, leaves), plen), paths), values), mask)| {
-                backup_tree(arena, stride, leaves, plen, paths, values, mask);
-            });
+        if let Input::Host(bk) = input {
+            // Backup cannot fail once the front type has validated it: copy and defer.
+            let km = self.km;
+            for t in 0..self.cfg.trees {
+                self.bk.values[t * km..t * km + k].copy_from_slice(&bk.values[t * k..(t + 1) * k]);
+                self.bk.mask[t * km..t * km + k].copy_from_slice(&bk.mask[t * k..(t + 1) * k]);
+            }
+        }
+        self.deferred.k = k;
+        self.deferred.backup = true;
         Ok(())
     }
 
     fn reroot(&mut self, new_roots: &[u32]) -> Result<(), ForestError> {
-        let n = self.n();
+        self.flush();
+        let n = self.cfg.capacity;
         self.nodes
             .par_chunks_mut(n)
             .zip(self.meta.par_iter_mut())
@@ -483,27 +943,27 @@ impl ForestBackend for CpuForest {
     }
 
     fn read_back(&mut self) -> Result<ForestSnapshot, ForestError> {
-        Ok(ForestSnapshot {
+        self.flush();
+        let snap = ForestSnapshot {
             trees: self.cfg.trees,
             capacity: self.cfg.capacity,
             n_nodes: self.meta.iter().map(|m| m.n_nodes).collect(),
             nodes: self.nodes.clone(),
-        })
+        };
+        self.take_status()?;
+        Ok(snap)
     }
 
     fn sync(&mut self) -> Result<(), ForestError> {
+        self.flush();
         self.take_status()
     }
 
     fn toy_reset(&mut self, toy: &ToyParams) -> Result<(), ForestError> {
-        let n = self.n();
+        self.flush();
         if self.toy_state.len() != self.nodes.len() {
             self.toy_state = vec![0; self.nodes.len()];
         }
-        self.toy_state
-            .par_chunks_mut(n)
-            .enumerate()
-            .for_each(|(b, s)| s[0] = b as u32);
         for m in &mut self.meta {
             m.depth_sum = 0;
             m.leaves = 0;
@@ -514,58 +974,18 @@ impl ForestBackend for CpuForest {
     }
 
     fn toy_evaluate(&mut self, k: usize, record: bool) -> Result<(), ForestError> {
-        let toy = self
-            .toy
-            .as_ref()
-            .ok_or_else(|| ForestError::PhaseOrder("toy_evaluate before toy_reset".into()))?;
-        let (n, a, b) = (self.n(), self.cfg.max_children, self.cfg.trees);
-        let e = &mut self.staged_exp;
-        let bk = &mut self.staged_bk;
-        self.nodes
-            .par_chunks(n)
-            .zip(self.toy_state.par_chunks_mut(n))
-            .zip(self.meta.par_iter_mut())
-            .zip(self.leaves[..b * k].par_chunks(k))
-            .zip(e.counts[..b * k].par_chunks_mut(k))
-            .zip(e.priors[..b * k * a].par_chunks_mut(k * a))
-            .zip(bk.values[..b * k].par_chunks_mut(k))
-            .zip(bk.mask[..b * k].par_chunks_mut(k))
-            .with_min_len(32)
-            .for_each(
-                |(((((((arena, state), m), leaves), counts), priors), values), mask)| {
-                    for (slot, &leaf) in leaves.iter().enumerate() {
-                        if leaf == NONE {
-                            counts[slot] = 0;
-                            mask[slot] = 0;
-                            continue;
-                        }
-                        let x = &arena[leaf as usize];
-                        if leaf != 0 {
-                            let p = x.parent as usize;
-                            state[leaf as usize] =
-                                toy::child_state(state[p], leaf - arena[p].first_child);
-                        }
-                        values[slot] = toy::value(state[leaf as usize]);
-                        mask[slot] = 1;
-                        counts[slot] = if x.is(flags::EXPANDED) {
-                            0
-                        } else {
-                            toy.branching as u32
-                        };
-                        priors[slot * a..slot * a + toy.branching].copy_from_slice(&toy.priors);
-                        if record {
-                            let d = x.depth();
-                            m.depth_sum += d as u64;
-                            m.leaves += 1;
-                            m.max_depth = m.max_depth.max(d);
-                        }
-                    }
-                },
-            );
+        if self.toy.is_none() {
+            return Err(ForestError::PhaseOrder(
+                "toy_evaluate before toy_reset".into(),
+            ));
+        }
+        self.deferred.k = k;
+        self.deferred.toy_eval = Some(record);
         Ok(())
     }
 
     fn toy_stats(&mut self) -> Result<ToyStats, ForestError> {
+        self.flush();
         Ok(self.meta.iter().fold(ToyStats::default(), |s, m| ToyStats {
             depth_sum: s.depth_sum + m.depth_sum,
             leaves: s.leaves + m.leaves,

@@ -104,6 +104,156 @@ pub fn score_node(rule: Rule, pt: ParentTerms, child: &Node, virtual_loss: f32) 
     score(rule, pt, n_eff, w_eff, child.init_value, child.prior)
 }
 
+/// A rule with its parameters as a type, so hot loops are compiled once per rule. `score4` is the
+/// same function on four children at once (SSE2); it must round exactly like `score`.
+pub trait Scorer: Copy + Send + Sync {
+    fn rule(&self) -> Rule;
+    #[inline(always)]
+    fn parent(&self, parent_visits_eff: u32) -> ParentTerms {
+        parent_terms(self.rule(), parent_visits_eff)
+    }
+    fn score(&self, pt: ParentTerms, n_eff: u32, w_eff: f32, init_value: f32, prior: f32) -> f32;
+    #[cfg(target_arch = "x86_64")]
+    fn score4(&self, pt: ParentTerms, v: &simd::Lanes) -> std::arch::x86_64::__m128;
+}
+
+#[derive(Clone, Copy)]
+pub struct UctScorer {
+    pub c: f32,
+    pub unvisited_first: bool,
+}
+
+#[derive(Clone, Copy)]
+pub struct PuctScorer {
+    pub c1: f32,
+    pub c2: f32,
+}
+
+impl Scorer for UctScorer {
+    #[inline(always)]
+    fn rule(&self) -> Rule {
+        if self.unvisited_first {
+            Rule::UctUnvisitedFirst { c: self.c }
+        } else {
+            Rule::Uct { c: self.c }
+        }
+    }
+    #[inline(always)]
+    fn score(&self, pt: ParentTerms, n: u32, w: f32, q0: f32, p: f32) -> f32 {
+        score(self.rule(), pt, n, w, q0, p)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    fn score4(&self, pt: ParentTerms, v: &simd::Lanes) -> std::arch::x86_64::__m128 {
+        use std::arch::x86_64::*;
+        // SAFETY: SSE2 is part of the x86_64 baseline.
+        unsafe {
+            let nf = _mm_cvtepi32_ps(v.n_eff);
+            let q = _mm_div_ps(v.w_eff, nf);
+            let u = if pt.parent_n == 0 {
+                _mm_setzero_ps()
+            } else {
+                _mm_mul_ps(
+                    _mm_set1_ps(self.c),
+                    _mm_sqrt_ps(_mm_div_ps(_mm_set1_ps(pt.a), nf)),
+                )
+            };
+            let visited = _mm_add_ps(q, u);
+            let fresh = if self.unvisited_first {
+                _mm_set1_ps(f32::MAX)
+            } else {
+                v.init
+            };
+            simd::select(
+                _mm_castsi128_ps(_mm_cmpeq_epi32(v.n_eff, _mm_setzero_si128())),
+                fresh,
+                visited,
+            )
+        }
+    }
+}
+
+impl Scorer for PuctScorer {
+    #[inline(always)]
+    fn rule(&self) -> Rule {
+        Rule::Puct {
+            c1: self.c1,
+            c2: self.c2,
+        }
+    }
+    #[inline(always)]
+    fn score(&self, pt: ParentTerms, n: u32, w: f32, q0: f32, p: f32) -> f32 {
+        score(self.rule(), pt, n, w, q0, p)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    fn score4(&self, pt: ParentTerms, v: &simd::Lanes) -> std::arch::x86_64::__m128 {
+        use std::arch::x86_64::*;
+        // SAFETY: SSE2 is part of the x86_64 baseline.
+        unsafe {
+            let nf = _mm_cvtepi32_ps(v.n_eff);
+            let q = _mm_div_ps(
+                _mm_add_ps(_mm_div_ps(v.w_eff, nf), _mm_set1_ps(1.0)),
+                _mm_set1_ps(2.0),
+            );
+            let unvisited = _mm_castsi128_ps(_mm_cmpeq_epi32(v.n_eff, _mm_setzero_si128()));
+            let q = _mm_andnot_ps(unvisited, q);
+            let d = _mm_cvtepi32_ps(_mm_add_epi32(v.n_eff, _mm_set1_epi32(1)));
+            let num = _mm_mul_ps(_mm_mul_ps(_mm_set1_ps(pt.a), v.prior), _mm_set1_ps(pt.b));
+            _mm_add_ps(q, _mm_div_ps(num, d))
+        }
+    }
+}
+
+/// Call `body` with the [`Scorer`] of `rule` bound to `$s` (one monomorphised copy per rule).
+#[macro_export]
+macro_rules! with_scorer {
+    ($rule:expr, |$s:ident| $body:expr) => {
+        match $rule {
+            $crate::forest::Rule::Uct { c } => {
+                let $s = $crate::forest::rules::UctScorer {
+                    c,
+                    unvisited_first: false,
+                };
+                $body
+            }
+            $crate::forest::Rule::UctUnvisitedFirst { c } => {
+                let $s = $crate::forest::rules::UctScorer {
+                    c,
+                    unvisited_first: true,
+                };
+                $body
+            }
+            $crate::forest::Rule::Puct { c1, c2 } => {
+                let $s = $crate::forest::rules::PuctScorer { c1, c2 };
+                $body
+            }
+        }
+    };
+}
+
+/// Four children's statistics transposed into lanes (x86_64 SSE2).
+#[cfg(target_arch = "x86_64")]
+pub mod simd {
+    use std::arch::x86_64::*;
+
+    pub struct Lanes {
+        /// visits + vloss (i32 lanes; counts stay far below 2^31).
+        pub n_eff: __m128i,
+        /// value_sum - virtual_loss * vloss.
+        pub w_eff: __m128,
+        pub init: __m128,
+        pub prior: __m128,
+    }
+
+    /// `mask ? a : b` per lane (SSE2 has no blendv).
+    #[inline(always)]
+    pub fn select(mask: __m128, a: __m128, b: __m128) -> __m128 {
+        // SAFETY: SSE2 is part of the x86_64 baseline.
+        unsafe { _mm_or_ps(_mm_and_ps(mask, a), _mm_andnot_ps(mask, b)) }
+    }
+}
+
 /// Outcome of choosing among a node's children.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Choice {
@@ -123,7 +273,33 @@ pub fn select_child(
     children: &[Node],
     virtual_loss: f32,
 ) -> Choice {
-    let pt = parent_terms(rule, parent_visits_eff);
+    crate::with_scorer!(rule, |s| choose(
+        s,
+        parent_visits_eff,
+        children,
+        virtual_loss
+    ))
+}
+
+/// [`select_child`] for a rule known at compile time.
+#[inline(always)]
+pub fn choose<S: Scorer>(
+    s: S,
+    parent_visits_eff: u32,
+    children: &[Node],
+    virtual_loss: f32,
+) -> Choice {
+    choose_with(s, s.parent(parent_visits_eff), children, virtual_loss)
+}
+
+/// [`choose`] with the parent terms already computed.
+#[inline(always)]
+pub fn choose_with<S: Scorer>(
+    s: S,
+    pt: ParentTerms,
+    children: &[Node],
+    virtual_loss: f32,
+) -> Choice {
     let mut best = NONE;
     let mut best_score = 0.0f32;
     let mut any_open = false;
@@ -135,10 +311,12 @@ pub fn select_child(
         if c.is(flags::PENDING) {
             continue;
         }
-        let s = score_node(rule, pt, c, virtual_loss);
-        if best == NONE || s > best_score {
+        let n_eff = c.visits + c.vloss;
+        let w_eff = c.value_sum - virtual_loss * c.vloss as f32;
+        let sc = s.score(pt, n_eff, w_eff, c.init_value, c.prior);
+        if best == NONE || sc > best_score {
             best = j as u32;
-            best_score = s;
+            best_score = sc;
         }
     }
     if best != NONE {
