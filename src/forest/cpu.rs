@@ -516,7 +516,10 @@ fn start(arena: &[Node], c: &mut Cursor, path: &mut [u32]) {
     path[0] = 0;
     let r = &arena[0];
     if r.first_child != NONE {
-        prefetch_block(&arena[r.first_child as usize], r.n_children() as usize);
+        prefetch_block(
+            arena.as_ptr().wrapping_add(r.first_child as usize),
+            r.n_children() as usize,
+        );
     }
 }
 
@@ -552,7 +555,10 @@ fn advance<S: Scorer>(
             c.node = id;
             let ch = &arena[id as usize];
             if ch.first_child != NONE {
-                prefetch_block(&arena[ch.first_child as usize], ch.n_children() as usize);
+                prefetch_block(
+                    arena.as_ptr().wrapping_add(ch.first_child as usize),
+                    ch.n_children() as usize,
+                );
             }
         }
         Choice::AllTerminal => {
