@@ -81,6 +81,8 @@ pub struct CpuForest {
     deferred: Deferred,
     /// Parent terms of the rule for parent counts below [`LUT_SIZE`] (same bits as computing them).
     lut: Vec<ParentTerms>,
+    /// Run the AVX2 selection path (detected at construction; `RSTAR_CPU_NO_AVX2=1` turns it off).
+    avx2: bool,
 }
 
 /// One rayon task's share: `GROUP` consecutive trees and their slices of every array.
@@ -128,6 +130,7 @@ impl CpuForest {
             toy_state: Vec::new(),
             toy: None,
             deferred: Deferred::default(),
+            avx2: use_avx2() && std::env::var_os("RSTAR_CPU_NO_AVX2").is_none(),
             lut: (0..LUT_SIZE as u32)
                 .map(|np| super::rules::parent_terms(cfg.rule, np))
                 .collect(),
@@ -152,6 +155,7 @@ impl CpuForest {
         let cfg = self.cfg.clone();
         let toy = self.toy.clone();
         let lut = &self.lut[..];
+        let avx2 = self.avx2;
         let (n, km, a, st) = (cfg.capacity, self.km, cfg.max_children, cfg.path_stride());
         let groups = groups(
             &cfg,
@@ -242,20 +246,44 @@ impl CpuForest {
                 }
             }
             if let Some(k) = select {
-                crate::with_scorer!(cfg.rule, |s| select_group(
-                    s,
-                    lut,
-                    cfg.virtual_loss,
-                    cfg.max_depth as u32,
-                    n,
-                    st,
-                    km,
-                    k,
-                    gr.nodes,
-                    gr.leaves,
-                    gr.path_len,
-                    gr.paths
-                ))
+                let (vl, d) = (cfg.virtual_loss, cfg.max_depth as u32);
+                crate::with_scorer!(cfg.rule, |s| {
+                    #[cfg(target_arch = "x86_64")]
+                    if avx2 {
+                        // SAFETY: `avx2` is the runtime check of `use_avx2`.
+                        unsafe {
+                            select_group_avx2(
+                                s,
+                                lut,
+                                vl,
+                                d,
+                                n,
+                                st,
+                                km,
+                                k,
+                                gr.nodes,
+                                gr.leaves,
+                                gr.path_len,
+                                gr.paths,
+                            )
+                        };
+                        return;
+                    }
+                    select_group::<_, false>(
+                        s,
+                        lut,
+                        vl,
+                        d,
+                        n,
+                        st,
+                        km,
+                        k,
+                        gr.nodes,
+                        gr.leaves,
+                        gr.path_len,
+                        gr.paths,
+                    )
+                })
             }
         });
     }
@@ -391,7 +419,7 @@ fn toy_eval_tree(
 const LUT_SIZE: usize = 4096;
 
 /// Trees handled together by one selection worker (memory-level parallelism).
-const GROUP: usize = 8;
+const GROUP: usize = 16;
 
 /// Per-tree selection cursor.
 #[derive(Clone, Copy)]
@@ -430,7 +458,8 @@ fn prefetch_block(p: *const Node, nc: usize) {
 /// Select `k` leaves in each tree of a group. `group` holds the group's arenas back to back
 /// (`[G, N]`), so tree t's node `id` is `group[t * n + id]`.
 #[allow(clippy::too_many_arguments)]
-fn select_group<S: Scorer>(
+#[inline(always)]
+fn select_group<S: Scorer, const AVX2: bool>(
     s: S,
     lut: &[ParentTerms],
     vl: f32,
@@ -465,7 +494,7 @@ fn select_group<S: Scorer>(
                 }
                 active = true;
                 let path = &mut paths[(t * km + slot) * stride..(t * km + slot + 1) * stride];
-                advance(
+                advance::<S, AVX2>(
                     s,
                     lut,
                     vl,
@@ -494,6 +523,42 @@ fn select_group<S: Scorer>(
             arena[c.leaf as usize].meta |= flags::PENDING;
         }
     }
+}
+
+/// [`select_group`] compiled with AVX2 enabled, for eight-child blocks.
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn select_group_avx2<S: Scorer>(
+    s: S,
+    lut: &[ParentTerms],
+    vl: f32,
+    max_depth: u32,
+    n: usize,
+    stride: usize,
+    km: usize,
+    k: usize,
+    group: &mut [Node],
+    leaves: &mut [u32],
+    path_len: &mut [u32],
+    paths: &mut [u32],
+) {
+    select_group::<S, true>(
+        s, lut, vl, max_depth, n, stride, km, k, group, leaves, path_len, paths,
+    )
+}
+
+/// Whether this CPU runs the AVX2 selection path.
+fn use_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx2")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
 }
 
 #[inline]
@@ -525,7 +590,7 @@ fn start(arena: &[Node], c: &mut Cursor, path: &mut [u32]) {
 
 /// One level of one tree's descent.
 #[inline(always)]
-fn advance<S: Scorer>(
+fn advance<S: Scorer, const AVX2: bool>(
     s: S,
     lut: &[ParentTerms],
     vl: f32,
@@ -547,7 +612,17 @@ fn advance<S: Scorer>(
         Some(&pt) => pt,
         None => s.parent(np),
     };
-    match choose_fast(s, pt, &arena[first..first + nc], vl) {
+    let kids = &arena[first..first + nc];
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: AVX2 is only true when the CPU was found to support AVX2 (see `select_group_avx2`).
+    let choice = if AVX2 && nc == 8 {
+        unsafe { choose8_avx2(s, pt, kids, vl) }
+    } else {
+        choose_fast(s, pt, kids, vl)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let choice = choose_fast(s, pt, kids, vl);
+    match choice {
         Choice::Child(j) => {
             let id = first as u32 + j;
             path[c.len as usize] = id;
@@ -691,6 +766,85 @@ fn choose_fast<S: Scorer>(s: S, pt: ParentTerms, children: &[Node], vl: f32) -> 
     }
     #[cfg(not(target_arch = "x86_64"))]
     super::rules::choose_with(s, pt, children, vl)
+}
+
+/// [`choose_fast`] for a block of exactly eight children with AVX2: one 8×8 transpose of the
+/// eight 32-byte records, the eight scores at once (same operations lane by lane, same bits), and
+/// a branch-free argmax.
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn choose8_avx2<S: Scorer>(s: S, pt: ParentTerms, children: &[Node], vl: f32) -> Choice {
+    use super::rules::simd::Lanes8;
+    use std::arch::x86_64::*;
+    debug_assert_eq!(children.len(), 8);
+    let p = children.as_ptr() as *const f32;
+    let r = [0, 1, 2, 3, 4, 5, 6, 7].map(|i| _mm256_loadu_ps(p.add(8 * i)));
+    let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+    let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+    let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+    let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+    let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+    let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+    let s0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+    let s1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+    let s2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+    let s3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+    let s4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+    let s5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+    let s6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+    let s7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+    // Field f of the eight children: visits, vloss, value_sum, init_value, prior, -, -, meta.
+    let visits = _mm256_castps_si256(_mm256_permute2f128_ps::<0x20>(s0, s4));
+    let vloss = _mm256_castps_si256(_mm256_permute2f128_ps::<0x20>(s1, s5));
+    let value_sum = _mm256_permute2f128_ps::<0x20>(s2, s6);
+    let init = _mm256_permute2f128_ps::<0x20>(s3, s7);
+    let prior = _mm256_permute2f128_ps::<0x31>(s0, s4);
+    let meta = _mm256_castps_si256(_mm256_permute2f128_ps::<0x31>(s3, s7));
+    let lanes = Lanes8 {
+        n_eff: _mm256_add_epi32(visits, vloss),
+        w_eff: _mm256_sub_ps(
+            value_sum,
+            _mm256_mul_ps(_mm256_set1_ps(vl), _mm256_cvtepi32_ps(vloss)),
+        ),
+        init,
+        prior,
+    };
+    let sc = s.score8(pt, &lanes);
+    let zero = _mm256_setzero_si256();
+    let open = _mm256_cmpeq_epi32(
+        _mm256_and_si256(meta, _mm256_set1_epi32(flags::TERMINAL as i32)),
+        zero,
+    );
+    let free = _mm256_castsi256_ps(_mm256_cmpeq_epi32(
+        _mm256_and_si256(
+            meta,
+            _mm256_set1_epi32((flags::TERMINAL | flags::PENDING) as i32),
+        ),
+        zero,
+    ));
+    let free_bits = _mm256_movemask_ps(free);
+    if free_bits == 0 {
+        return if _mm256_movemask_ps(_mm256_castsi256_ps(open)) != 0 {
+            Choice::Blocked
+        } else {
+            Choice::AllTerminal
+        };
+    }
+    let m = _mm256_blendv_ps(_mm256_set1_ps(f32::NEG_INFINITY), sc, free);
+    let m1 = _mm256_max_ps(m, _mm256_permute2f128_ps::<0x01>(m, m));
+    let m2 = _mm256_max_ps(m1, _mm256_shuffle_ps::<0b01_00_11_10>(m1, m1));
+    let m3 = _mm256_max_ps(m2, _mm256_shuffle_ps::<0b10_11_00_01>(m2, m2));
+    let eq = _mm256_movemask_ps(_mm256_and_ps(_mm256_cmp_ps::<_CMP_EQ_OQ>(m, m3), free));
+    if eq == 0 {
+        // Only reachable with NaN scores; let the sequential scan decide.
+        return super::rules::choose_with(s, pt, children, vl);
+    }
+    Choice::Child((eq as u32).trailing_zeros())
 }
 
 /// 4×4 transpose of f32 lanes (as `_MM_TRANSPOSE4_PS`).

@@ -254,7 +254,9 @@ struct BkBufs {
     mask: BufId,
 }
 
-/// Toy evaluator state: `state [B, N]` u32, `stats [B, 3]` u32, `priors [A]` f32.
+/// Toy evaluator state: `state [B, N]` u32, `stats [B, 3]` u32 (depth sum, leaves, max depth per
+/// tree since `toy_reset`; the depth sum wraps after 2^32, i.e. 4M leaves at depth 1024, far beyond
+/// any benchmark run), `priors [A]` f32.
 #[derive(Clone, Copy)]
 struct ToyBufs {
     state: BufId,
@@ -318,8 +320,8 @@ impl<D: KernelDevice> KernelForest<D> {
     /// as on the CPU backend; `reset` makes the roots.
     pub fn with_device(cfg: &ForestConfig, mut dev: D) -> Result<KernelForest<D>, ForestError> {
         cfg.validate()?;
-        let (b, n, k) = (cfg.trees, cfg.capacity, cfg.max_leaves);
-        let bk = b * k; // ≤ 2^32 · 64: validate bounds trees·capacity below 2^32
+        let (b, n, km) = (cfg.trees, cfg.capacity, cfg.max_leaves);
+        let bk = bytes(b, km)?;
         let nodes = dev.alloc(bytes(bytes(b, n)?, Node::BYTES)?, 0)?;
         let n_nodes = dev.alloc(bytes(b, 4)?, 0)?;
         let status = dev.alloc(bytes(b, 4)?, 0)?;
@@ -355,7 +357,7 @@ impl<D: KernelDevice> KernelForest<D> {
     }
 
     fn alloc_exp(&mut self) -> Result<ExpBufs, ForestError> {
-        let bk = self.cfg.trees * self.cfg.max_leaves;
+        let bk = bytes(self.cfg.trees, self.cfg.max_leaves)?;
         let bka = bytes(bytes(bk, self.cfg.max_children)?, 4)?;
         Ok(ExpBufs {
             counts: self.dev.alloc(bytes(bk, 4)?, 0)?,
@@ -366,25 +368,35 @@ impl<D: KernelDevice> KernelForest<D> {
     }
 
     fn alloc_bk(&mut self) -> Result<BkBufs, ForestError> {
-        let bk = self.cfg.trees * self.cfg.max_leaves;
+        let bk = bytes(self.cfg.trees, self.cfg.max_leaves)?;
         Ok(BkBufs {
             values: self.dev.alloc(bytes(bk, 4)?, 0)?,
             mask: self.dev.alloc(bytes(bk, 4)?, 0)?,
         })
     }
 
-    /// The staged arrays start zeroed, like the CPU backend's: a staged expansion or backup before
-    /// any toy evaluation attaches no children and adds no value.
-    fn staged(&mut self) -> Result<(ExpBufs, BkBufs), ForestError> {
-        if self.staged_exp.is_none() {
-            self.staged_exp = Some(self.alloc_exp()?);
+    /// The staged expansion, allocated zeroed on first use like the CPU backend's: a staged
+    /// expansion before any toy evaluation marks the leaves expanded with no children.
+    fn staged_exp(&mut self) -> Result<ExpBufs, ForestError> {
+        match self.staged_exp {
+            Some(e) => Ok(e),
+            None => {
+                let e = self.alloc_exp()?;
+                self.staged_exp = Some(e);
+                Ok(e)
+            }
         }
-        if self.staged_bk.is_none() {
-            self.staged_bk = Some(self.alloc_bk()?);
-        }
-        match (self.staged_exp, self.staged_bk) {
-            (Some(e), Some(b)) => Ok((e, b)),
-            _ => Err(device_error("staged buffers missing after allocation")),
+    }
+
+    /// The staged backup (zeroed: adds no value until something is staged).
+    fn staged_bk(&mut self) -> Result<BkBufs, ForestError> {
+        match self.staged_bk {
+            Some(b) => Ok(b),
+            None => {
+                let b = self.alloc_bk()?;
+                self.staged_bk = Some(b);
+                Ok(b)
+            }
         }
     }
 
@@ -560,7 +572,7 @@ impl<D: KernelDevice> ForestBackend for KernelForest<D> {
                 self.take_status()
             }
             Input::Staged => {
-                let (e, _) = self.staged()?;
+                let e = self.staged_exp()?;
                 let args = self.with_exp(self.args(k), e, self.cfg.max_leaves);
                 self.launch(Kernel::Expand, &args)
             }
@@ -569,29 +581,28 @@ impl<D: KernelDevice> ForestBackend for KernelForest<D> {
 
     fn backup(&mut self, input: Input<'_, Backup>, k: usize) -> Result<(), ForestError> {
         self.check_input("K", k, self.cfg.max_leaves)?;
-        let staged = self.staged()?.1;
+        let staged = self.staged_bk()?;
         let mut args = self.with_bk(self.args(k), staged);
         if let Input::Host(bk) = input {
-            {
-                let max = self.cfg.trees * self.cfg.max_leaves;
-                self.check_input("backup values", bk.values.len(), max)?;
-                self.check_input("backup mask", bk.mask.len(), max)?;
-                let bufs = match self.host_bk {
-                    Some(b) => b,
-                    None => {
-                        let b = self.alloc_bk()?;
-                        self.host_bk = Some(b);
-                        b
-                    }
-                };
-                // The kernels read the mask as u32 (no byte loads, same shape as the values).
-                let mask: Vec<u32> = bk.mask.iter().map(|&m| u32::from(m != 0)).collect();
-                self.upload(bufs.values, &bk.values)?;
-                self.upload(bufs.mask, &mask)?;
-                // The kernel copies them into the staged arrays first, as the CPU backend does.
-                args.bk_in_values = self.dev.address(bufs.values);
-                args.bk_in_mask = self.dev.address(bufs.mask);
-            }
+            let max = self.cfg.trees * self.cfg.max_leaves;
+            self.check_input("backup values", bk.values.len(), max)?;
+            self.check_input("backup mask", bk.mask.len(), max)?;
+            let bufs = match self.host_bk {
+                Some(b) => b,
+                None => {
+                    let b = self.alloc_bk()?;
+                    self.host_bk = Some(b);
+                    b
+                }
+            };
+            // The kernels read the mask as u32 (no byte loads, same shape as the values).
+            let mask: Vec<u32> = bk.mask.iter().map(|&m| u32::from(m != 0)).collect();
+            self.upload(bufs.values, &bk.values)?;
+            self.upload(bufs.mask, &mask)?;
+            // The kernel copies them into the staged arrays first, as the CPU backend does, so a
+            // later staged backup sees the same arrays on both backends.
+            args.bk_in_values = self.dev.address(bufs.values);
+            args.bk_in_mask = self.dev.address(bufs.mask);
         }
         self.launch(Kernel::Backup, &args)
     }
@@ -634,7 +645,8 @@ impl<D: KernelDevice> ForestBackend for KernelForest<D> {
                 toy.priors.len()
             )));
         }
-        self.staged()?;
+        self.staged_exp()?;
+        self.staged_bk()?;
         let t = match self.toy {
             Some(t) => t,
             None => {
@@ -663,16 +675,17 @@ impl<D: KernelDevice> ForestBackend for KernelForest<D> {
                 "toy_evaluate before toy_reset".into(),
             ));
         }
-        let (e, bk) = self.staged()?;
+        let (e, bk) = (self.staged_exp()?, self.staged_bk()?);
         let mut args = self.with_bk(self.with_exp(self.args(k), e, self.cfg.max_leaves), bk);
         args.record = u32::from(record);
         self.launch(Kernel::ToyEvaluate, &args)
     }
 
     fn toy_stats(&mut self) -> Result<ToyStats, ForestError> {
-        let t = self
-            .toy
-            .ok_or_else(|| ForestError::PhaseOrder("toy_stats before toy_reset".into()))?;
+        // Before any toy_reset there is nothing recorded (the CPU backend reports zeros too).
+        let Some(t) = self.toy else {
+            return Ok(ToyStats::default());
+        };
         let s: Vec<u32> = self.download(t.stats, self.cfg.trees * 3)?;
         Ok(s.chunks_exact(3)
             .fold(ToyStats::default(), |acc, t| ToyStats {

@@ -115,6 +115,12 @@ pub trait Scorer: Copy + Send + Sync {
     fn score(&self, pt: ParentTerms, n_eff: u32, w_eff: f32, init_value: f32, prior: f32) -> f32;
     #[cfg(target_arch = "x86_64")]
     fn score4(&self, pt: ParentTerms, v: &simd::Lanes) -> std::arch::x86_64::__m128;
+    /// Eight children at once with AVX2.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 (call only from code behind a runtime check).
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn score8(&self, pt: ParentTerms, v: &simd::Lanes8) -> std::arch::x86_64::__m256;
 }
 
 #[derive(Clone, Copy)]
@@ -171,6 +177,29 @@ impl Scorer for UctScorer {
             )
         }
     }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn score8(&self, pt: ParentTerms, v: &simd::Lanes8) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        let nf = _mm256_cvtepi32_ps(v.n_eff);
+        let q = _mm256_div_ps(v.w_eff, nf);
+        let u = if pt.parent_n == 0 {
+            _mm256_setzero_ps()
+        } else {
+            _mm256_mul_ps(
+                _mm256_set1_ps(self.c),
+                _mm256_sqrt_ps(_mm256_div_ps(_mm256_set1_ps(pt.a), nf)),
+            )
+        };
+        let visited = _mm256_add_ps(q, u);
+        let fresh = if self.unvisited_first {
+            _mm256_set1_ps(f32::MAX)
+        } else {
+            v.init
+        };
+        let unvisited = _mm256_castsi256_ps(_mm256_cmpeq_epi32(v.n_eff, _mm256_setzero_si256()));
+        _mm256_blendv_ps(visited, fresh, unvisited)
+    }
 }
 
 impl Scorer for PuctScorer {
@@ -202,6 +231,24 @@ impl Scorer for PuctScorer {
             let num = _mm_mul_ps(_mm_mul_ps(_mm_set1_ps(pt.a), v.prior), _mm_set1_ps(pt.b));
             _mm_add_ps(q, _mm_div_ps(num, d))
         }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn score8(&self, pt: ParentTerms, v: &simd::Lanes8) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        let nf = _mm256_cvtepi32_ps(v.n_eff);
+        let q = _mm256_div_ps(
+            _mm256_add_ps(_mm256_div_ps(v.w_eff, nf), _mm256_set1_ps(1.0)),
+            _mm256_set1_ps(2.0),
+        );
+        let unvisited = _mm256_castsi256_ps(_mm256_cmpeq_epi32(v.n_eff, _mm256_setzero_si256()));
+        let q = _mm256_andnot_ps(unvisited, q);
+        let d = _mm256_cvtepi32_ps(_mm256_add_epi32(v.n_eff, _mm256_set1_epi32(1)));
+        let num = _mm256_mul_ps(
+            _mm256_mul_ps(_mm256_set1_ps(pt.a), v.prior),
+            _mm256_set1_ps(pt.b),
+        );
+        _mm256_add_ps(q, _mm256_div_ps(num, d))
     }
 }
 
@@ -244,6 +291,13 @@ pub mod simd {
         pub w_eff: __m128,
         pub init: __m128,
         pub prior: __m128,
+    }
+
+    pub struct Lanes8 {
+        pub n_eff: __m256i,
+        pub w_eff: __m256,
+        pub init: __m256,
+        pub prior: __m256,
     }
 
     /// `mask ? a : b` per lane (SSE2 has no blendv).

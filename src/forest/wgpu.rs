@@ -97,7 +97,7 @@ pub fn hardware_adapter_available() -> bool {
         .any(|a| a.get_info().device_type != wgpu::DeviceType::Cpu)
 }
 
-/// The shader's `Config` uniform, field for field (80 bytes).
+/// The shader's `Config` uniform, field for field (96 bytes).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
 struct Params {
@@ -132,10 +132,15 @@ struct Params {
     exp_flags: u32,
     bk_mask: u32,
     aux_priors: u32,
+    /// Km = max_leaves: per-tree stride of the selection arrays.
+    km: u32,
+    _pad: [u32; 3],
 }
 
-/// Sizes (in u32 words unless said) of the packed buffers; per-slot regions are sized for
-/// `Km = max_leaves` and used with the stride of the current K, as in cpu.rs.
+/// Sizes (in u32 words unless said) of the packed buffers. Per-slot regions are sized for
+/// `Km = max_leaves`; the selection arrays are strided by Km per tree (as in cpu.rs, whose raw
+/// path records `selection()` exposes), the staged expansion and backup by the current K (the
+/// stride of the host inputs they double as).
 #[derive(Clone, Copy, Debug)]
 struct Layout {
     /// B·Km: one `[B, Km]` region.
@@ -483,6 +488,8 @@ impl WgpuForest {
             exp_flags: layout.exp_flags() as u32,
             bk_mask: layout.bk_mask() as u32,
             aux_priors: cfg.trees as u32,
+            km: cfg.max_leaves as u32,
+            _pad: [0; 3],
         };
         queue.write_buffer(&bufs.params, 0, bytemuck::bytes_of(&params));
         // The CPU reference starts with empty selections: leaves NONE, path_len 0, paths NONE.
@@ -584,6 +591,15 @@ impl WgpuForest {
             .chunks_exact(2)
             .map(|w| (f32::from_bits(w[0]), f32::from_bits(w[1])))
             .collect())
+    }
+
+    /// Testing aid: fold the one-thread-per-tree grid into a second dimension beyond `max_x`
+    /// workgroups in x (by default the adapter's per-dimension limit, 65535 or more), so that the
+    /// 2-D indexing can be checked on forests small enough for any device.
+    pub fn set_max_workgroups_x(&mut self, max_x: u32) {
+        let groups = (self.cfg.trees as u64).div_ceil(WORKGROUP as u64);
+        let gx = groups.min(max_x.max(1) as u64);
+        self.grid = (gx as u32, groups.div_ceil(gx) as u32);
     }
 
     /// The first recorded device error, if any (sticky).
@@ -831,22 +847,36 @@ impl ForestBackend for WgpuForest {
     }
 
     fn selection(&mut self, k: usize) -> Result<Selection, ForestError> {
-        let (b, stride) = (self.cfg.trees as u64, self.layout.stride);
-        let n = b * k as u64;
+        let (b, st) = (self.cfg.trees, self.layout.stride as usize);
+        let km = self.cfg.max_leaves;
+        let n = self.layout.slots;
         let sel = &self.bufs.sel;
         let out = self.read_with_status(&[
             (sel, 0, 4 * n),
             (sel, 4 * self.layout.sel_plen(), 4 * n),
-            (sel, 4 * self.layout.sel_paths(), 4 * n * stride),
+            (sel, 4 * self.layout.sel_paths(), 4 * n * st as u64),
         ])?;
-        Ok(Selection {
-            trees: b as usize,
+        let (leaves, path_len, paths): (&[u32], &[u32], &[u32]) = (
+            bytemuck::cast_slice(&out[0]),
+            bytemuck::cast_slice(&out[1]),
+            bytemuck::cast_slice(&out[2]),
+        );
+        // The first K slots of each tree's Km.
+        let mut s = Selection {
+            trees: b,
             k,
-            path_stride: stride as usize,
-            leaves: bytemuck::cast_slice(&out[0]).to_vec(),
-            path_len: bytemuck::cast_slice(&out[1]).to_vec(),
-            paths: bytemuck::cast_slice(&out[2]).to_vec(),
-        })
+            path_stride: st,
+            leaves: Vec::with_capacity(b * k),
+            path_len: Vec::with_capacity(b * k),
+            paths: Vec::with_capacity(b * k * st),
+        };
+        for t in 0..b {
+            s.leaves.extend_from_slice(&leaves[t * km..t * km + k]);
+            s.path_len.extend_from_slice(&path_len[t * km..t * km + k]);
+            s.paths
+                .extend_from_slice(&paths[t * km * st..(t * km + k) * st]);
+        }
+        Ok(s)
     }
 
     fn expand(&mut self, input: Input<'_, Expansion>, k: usize) -> Result<(), ForestError> {
