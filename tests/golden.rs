@@ -5,7 +5,7 @@
 mod common;
 
 use rstar_gpu::forest::{
-    flags, BackendKind, Backup, Expansion, Forest, ForestConfig, ForestError, NONE,
+    flags, BackendKind, Backup, Expansion, ForestConfig, ForestError, NONE,
 };
 use serde_json::Value;
 

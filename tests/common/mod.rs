@@ -1,9 +1,8 @@
 //! Helpers shared by the integration tests: seeded random forests, inputs and comparisons, and
 //! backend selection that skips (prints `SKIP …`) where a device backend cannot start.
 //!
-//! NOTE (cuda engineer): this file was overwritten by mistake while the CUDA tests were being
-//! written and has been reconstructed from its uses in tests/differential.rs and tests/toy.rs.
-//! Replace it with the original if you still have it.
+//! `RSTAR_REQUIRE_WGPU=1` / `RSTAR_REQUIRE_CUDA=1` turn "backend unavailable" into a failure: CI
+//! sets the first, because a skipped backend in CI is a broken CI.
 #![allow(dead_code)]
 
 pub mod model;
@@ -31,7 +30,7 @@ pub fn random_config(r: &mut ChaCha8Rng, rule: Rule) -> ForestConfig {
     ForestConfig {
         trees: r.random_range(1..=24),
         capacity: r.random_range(1..=120),
-        max_children: r.random_range(1..=8),
+        max_children: r.random_range(1..=9),
         max_depth: r.random_range(1..=8),
         max_leaves: r.random_range(1..=4),
         rule,
@@ -40,11 +39,16 @@ pub fn random_config(r: &mut ChaCha8Rng, rule: Rule) -> ForestConfig {
 }
 
 /// A forest on `kind`, or `None` (after printing `SKIP <kind>: <reason>`) when that backend
-/// cannot start here. Any other error fails the test.
+/// cannot start here — unless `RSTAR_REQUIRE_<KIND>=1`, which makes it a failure. Any other error
+/// fails the test.
 pub fn forest_or_skip(cfg: &ForestConfig, kind: BackendKind) -> Option<Forest> {
     match Forest::new(cfg.clone(), kind) {
         Ok(f) => Some(f),
         Err(ForestError::Unavailable { reason, .. }) => {
+            let var = format!("RSTAR_REQUIRE_{}", kind.name().to_uppercase());
+            if std::env::var(&var).is_ok_and(|v| v == "1") {
+                panic!("{kind} backend required ({var}=1) but unavailable: {reason}");
+            }
             eprintln!("SKIP {kind}: {reason}");
             None
         }
@@ -52,16 +56,17 @@ pub fn forest_or_skip(cfg: &ForestConfig, kind: BackendKind) -> Option<Forest> {
     }
 }
 
-/// The device backends that can start here.
+/// The device backends that can start here (probed through [`forest_or_skip`]).
 pub fn device_backends() -> Vec<BackendKind> {
-    let mut v = Vec::new();
-    if rstar_gpu::forest::wgpu::available().is_ok() {
-        v.push(BackendKind::Wgpu);
-    }
-    if rstar_gpu::forest::cuda::available().is_ok() {
-        v.push(BackendKind::Cuda);
-    }
-    v
+    let probe = ForestConfig {
+        trees: 1,
+        capacity: 16,
+        ..ForestConfig::default()
+    };
+    [BackendKind::Wgpu, BackendKind::Cuda]
+        .into_iter()
+        .filter(|&k| forest_or_skip(&probe, k).is_some())
+        .collect()
 }
 
 pub fn assert_same_selection(want: &Selection, got: &Selection, ctx: &str) {
@@ -130,7 +135,12 @@ pub fn random_expansion(
         };
         for j in 0..a {
             let x = i * a + j;
-            e.values[x] = r.random_range(-1.0f32..=1.0);
+            // Quantised values make exact ties common, so tie-breaking is exercised.
+            e.values[x] = if r.random_bool(0.5) {
+                r.random_range(-4..=4) as f32 / 4.0
+            } else {
+                r.random_range(-1.0f32..=1.0)
+            };
             e.priors[x] = r.random_range(0.0f32..=1.0);
             let mut f = 0;
             if r.random_bool(0.15) {
@@ -151,7 +161,15 @@ pub fn random_expansion(
 pub fn random_backup(r: &mut ChaCha8Rng, trees: usize, k: usize) -> Backup {
     let n = trees * k;
     Backup {
-        values: (0..n).map(|_| r.random_range(-1.0f32..=1.0)).collect(),
+        values: (0..n)
+            .map(|_| {
+                if r.random_bool(0.5) {
+                    [-1.0, 1.0, 0.5][r.random_range(0..3)]
+                } else {
+                    r.random_range(-1.0f32..=1.0)
+                }
+            })
+            .collect(),
         mask: (0..n).map(|_| u8::from(r.random_bool(0.85))).collect(),
     }
 }

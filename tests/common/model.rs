@@ -1,3 +1,4 @@
+#![allow(clippy::needless_range_loop)] // index-parallel arrays read clearer with an index
 //! A deliberately plain, sequential model of the forest rules, written straight from the
 //! specification (`src/forest/mod.rs`, `rules.rs`): one tree at a time, no SIMD, no fusion, no
 //! prefetching. The optimised CPU backend is checked against it, and the device backends against
