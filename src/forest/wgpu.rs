@@ -40,8 +40,9 @@ const STORAGE_BUFFERS: u32 = 8;
 const TREE_ROWS: u64 = 7;
 const ROW_STATUS: u64 = 1;
 const ROW_TOY: u64 = 2;
-/// Byte alignment of the regions packed into one staging buffer (wgpu's MAP_ALIGNMENT).
-const STAGING_ALIGN: u64 = 8;
+/// Parent counts whose rule terms (ln, sqrt) are computed on the host by `rules::parent_terms`
+/// and read from a table by the shader (its `PARENT_LUT`; the CPU backend has the same table).
+const PARENT_LUT: u32 = 4096;
 
 fn unavailable(reason: impl Into<String>) -> ForestError {
     ForestError::Unavailable {
@@ -57,11 +58,14 @@ fn device_error(reason: impl Into<String>) -> ForestError {
     }
 }
 
-/// An instance on the backends of `WGPU_BACKEND` (e.g. `vulkan`, `gl`) if set, else Vulkan and GL.
+/// The backends of `WGPU_BACKEND` (e.g. `vulkan`, `gl`) if set, else Vulkan and GL.
+fn backends() -> wgpu::Backends {
+    wgpu::Backends::from_env().unwrap_or(wgpu::Backends::VULKAN | wgpu::Backends::GL)
+}
+
 fn instance() -> wgpu::Instance {
     let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
-    desc.backends =
-        wgpu::Backends::from_env().unwrap_or(wgpu::Backends::VULKAN | wgpu::Backends::GL);
+    desc.backends = backends();
     desc.flags = wgpu::InstanceFlags::from_env_or_default();
     wgpu::Instance::new(desc)
 }
@@ -89,10 +93,7 @@ pub fn available() -> Result<(), ForestError> {
 /// True when a non-CPU wgpu adapter exists (used to pick the default backend: a software
 /// adapter is slower than the CPU backend).
 pub fn hardware_adapter_available() -> bool {
-    let instance = instance();
-    let backends =
-        wgpu::Backends::from_env().unwrap_or(wgpu::Backends::VULKAN | wgpu::Backends::GL);
-    pollster::block_on(instance.enumerate_adapters(backends))
+    pollster::block_on(instance().enumerate_adapters(backends()))
         .iter()
         .any(|a| a.get_info().device_type != wgpu::DeviceType::Cpu)
 }
@@ -109,7 +110,7 @@ struct Params {
     max_children: u32,
     /// D.
     max_depth: u32,
-    /// K of the current phase (stride of the per-slot arrays).
+    /// K of the current phase (stride of the staged expansion and backup).
     k: u32,
     /// D+1, the path record stride.
     stride: u32,
@@ -134,7 +135,9 @@ struct Params {
     aux_priors: u32,
     /// Km = max_leaves: per-tree stride of the selection arrays.
     km: u32,
-    _pad: [u32; 3],
+    /// Word offset of the parent-term table in `aux`.
+    aux_lut: u32,
+    _pad: [u32; 2],
 }
 
 /// Sizes (in u32 words unless said) of the packed buffers. Per-slot regions are sized for
@@ -151,11 +154,12 @@ struct Layout {
     a: u64,
     /// `sel`: leaves `[B, Km]` | path_len `[B, Km]` | paths `[B, Km, D+1]`.
     sel_words: u64,
-    /// `stage_exp`: counts `[B, Km]` | values, priors, flags, each `[B, Km, A]`.
+    /// `stage_exp`: counts `[B, K]` | values, priors, flags, each `[B, K, A]` (regions sized
+    /// for Km).
     exp_words: u64,
-    /// `stage_bk`: values `[B, Km]` | mask `[B, Km]`.
+    /// `stage_bk`: values `[B, K]` | mask `[B, K]` (regions sized for Km).
     bk_words: u64,
-    /// `aux`: per-tree input `[B]` | toy priors `[A]`.
+    /// `aux`: per-tree input `[B]` | toy priors `[A]` | parent terms `[PARENT_LUT, 2]`.
     aux_words: u64,
     /// `trees`: [`TREE_ROWS`] rows of `[B]`.
     tree_words: u64,
@@ -181,7 +185,7 @@ impl Layout {
             sel_words: slots * (2 + stride),
             exp_words: slots * (1 + 3 * a),
             bk_words: 2 * slots,
-            aux_words: b + a,
+            aux_words: b + a + 2 * PARENT_LUT as u64,
             tree_words: TREE_ROWS * b,
             node_bytes: b * n * Node::BYTES as u64,
             state_words: b * n,
@@ -204,6 +208,9 @@ impl Layout {
     }
     fn bk_mask(&self) -> u64 {
         self.slots
+    }
+    fn aux_lut(&self) -> u64 {
+        self.aux_words - 2 * PARENT_LUT as u64
     }
     /// Largest binding, bytes.
     fn max_binding(&self) -> u64 {
@@ -259,7 +266,7 @@ struct Buffers {
     exp: wgpu::Buffer,
     /// Host or staged backup (see [`Layout::bk_words`]).
     bk: wgpu::Buffer,
-    /// Per-tree host input `[B]` and toy priors `[A]`.
+    /// Per-tree host input `[B]`, toy priors `[A]`, parent terms `[PARENT_LUT, 2]`.
     aux: wgpu::Buffer,
     /// `[B, N]` u32 toy states; allocated by the first `toy_reset`.
     toy_state: Option<wgpu::Buffer>,
@@ -375,18 +382,16 @@ impl WgpuForest {
         // as "unavailable" (the forest does not fit) rather than a later device error.
         let scope = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let scope_v = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let storage = |label: &str, bytes: u64, extra: wgpu::BufferUsages| {
+        let storage = |label: &str, bytes: u64| {
             device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some(label),
                 size: bytes.max(4),
                 usage: wgpu::BufferUsages::STORAGE
                     | wgpu::BufferUsages::COPY_DST
-                    | wgpu::BufferUsages::COPY_SRC
-                    | extra,
+                    | wgpu::BufferUsages::COPY_SRC,
                 mapped_at_creation: false,
             })
         };
-        let none = wgpu::BufferUsages::empty();
         let bufs = Buffers {
             params: device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("forest params"),
@@ -394,15 +399,15 @@ impl WgpuForest {
                 usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
                 mapped_at_creation: false,
             }),
-            nodes: storage("forest nodes", layout.node_bytes, none),
-            trees: storage("forest trees", 4 * layout.tree_words, none),
-            sel: storage("forest selection", 4 * layout.sel_words, none),
-            exp: storage("forest expansion", 4 * layout.exp_words, none),
-            bk: storage("forest backup", 4 * layout.bk_words, none),
-            aux: storage("forest aux", 4 * layout.aux_words, none),
+            nodes: storage("forest nodes", layout.node_bytes),
+            trees: storage("forest trees", 4 * layout.tree_words),
+            sel: storage("forest selection", 4 * layout.sel_words),
+            exp: storage("forest expansion", 4 * layout.exp_words),
+            bk: storage("forest backup", 4 * layout.bk_words),
+            aux: storage("forest aux", 4 * layout.aux_words),
             toy_state: None,
             scratch: None,
-            placeholder: storage("forest placeholder", Node::BYTES as u64, none),
+            placeholder: storage("forest placeholder", Node::BYTES as u64),
         };
         let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some("forest.wgsl"),
@@ -489,9 +494,17 @@ impl WgpuForest {
             bk_mask: layout.bk_mask() as u32,
             aux_priors: cfg.trees as u32,
             km: cfg.max_leaves as u32,
-            _pad: [0; 3],
+            aux_lut: layout.aux_lut() as u32,
+            _pad: [0; 2],
         };
         queue.write_buffer(&bufs.params, 0, bytemuck::bytes_of(&params));
+        let lut: Vec<f32> = (0..PARENT_LUT)
+            .flat_map(|np| {
+                let t = super::rules::parent_terms(cfg.rule, np);
+                [t.a, t.b]
+            })
+            .collect();
+        queue.write_buffer(&bufs.aux, 4 * layout.aux_lut(), bytemuck::cast_slice(&lut));
         // The CPU reference starts with empty selections: leaves NONE, path_len 0, paths NONE.
         let mut sel_init = vec![NONE; layout.sel_words as usize];
         sel_init[layout.sel_plen() as usize..layout.sel_paths() as usize].fill(0);
@@ -586,7 +599,7 @@ impl WgpuForest {
             return Err(device_error(format!("toy value probe: {e}")));
         }
         let bytes = self.read(&[(&output, 0, 8 * states.len() as u64)], false)?;
-        let words: &[u32] = bytemuck::cast_slice(&bytes[0]);
+        let words = &bytes[0];
         Ok(words
             .chunks_exact(2)
             .map(|w| (f32::from_bits(w[0]), f32::from_bits(w[1])))
@@ -656,30 +669,31 @@ impl WgpuForest {
         }
     }
 
-    /// Copy byte ranges `(buffer, offset, size)` to the host in one submission, optionally
-    /// clearing the status row in the same submission, and wait for them.
+    /// Copy byte ranges `(buffer, offset, size)` (multiples of 4) to the host as u32 words, in one
+    /// submission that also clears the status row if asked, and wait for them. Each range gets its
+    /// own staging buffer, no larger than the buffer it comes from (so within the device limits).
     fn read(
         &self,
         regions: &[(&wgpu::Buffer, u64, u64)],
         clear_status: bool,
-    ) -> Result<Vec<Vec<u8>>, ForestError> {
+    ) -> Result<Vec<Vec<u32>>, ForestError> {
         self.check()?;
-        let mut offsets = Vec::with_capacity(regions.len());
-        let mut total = 0u64;
-        for &(_, _, size) in regions {
-            offsets.push(total);
-            total += size.div_ceil(STAGING_ALIGN) * STAGING_ALIGN;
-        }
-        let scope = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("forest read-back"),
-            size: total.max(STAGING_ALIGN),
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        if let Some(e) = pollster::block_on(scope.pop()) {
+        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let staging: Vec<wgpu::Buffer> = regions
+            .iter()
+            .map(|&(_, _, size)| {
+                self.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("forest read-back"),
+                    size: size.max(4),
+                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                })
+            })
+            .collect();
+        if let Some(e) = pollster::block_on(oom.pop()) {
+            let total: u64 = regions.iter().map(|r| r.2).sum();
             return Err(device_error(format!(
-                "no memory for a {total}-byte read-back buffer: {e}"
+                "no memory for {total} bytes of read-back buffers: {e}"
             )));
         }
         let mut enc = self
@@ -687,9 +701,9 @@ impl WgpuForest {
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("forest read-back"),
             });
-        for (&(buf, off, size), &dst) in regions.iter().zip(&offsets) {
+        for (&(buf, off, size), dst) in regions.iter().zip(&staging) {
             if size > 0 {
-                enc.copy_buffer_to_buffer(buf, off, &staging, dst, size);
+                enc.copy_buffer_to_buffer(buf, off, dst, 0, size);
             }
         }
         if clear_status {
@@ -698,29 +712,36 @@ impl WgpuForest {
         }
         self.queue.submit([enc.finish()]);
         let (tx, rx) = mpsc::channel();
-        staging.map_async(wgpu::MapMode::Read, .., move |r| {
-            let _ = tx.send(r);
-        });
+        for dst in &staging {
+            let tx = tx.clone();
+            dst.map_async(wgpu::MapMode::Read, .., move |r| {
+                let _ = tx.send(r);
+            });
+        }
+        drop(tx);
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
             .map_err(|e| device_error(format!("waiting for the device: {e}")))?;
         self.check()?;
-        match rx.recv() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(device_error(format!("mapping the read-back buffer: {e}"))),
-            Err(_) => return Err(device_error("the read-back buffer was never mapped")),
+        for _ in &staging {
+            match rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(device_error(format!("mapping a read-back buffer: {e}"))),
+                Err(_) => return Err(device_error("a read-back buffer was never mapped")),
+            }
         }
-        let out = {
-            let view = staging
-                .get_mapped_range(..)
-                .map_err(|e| device_error(format!("reading the read-back buffer: {e}")))?;
-            regions
-                .iter()
-                .zip(&offsets)
-                .map(|(&(_, _, size), &dst)| view[dst as usize..(dst + size) as usize].to_vec())
-                .collect()
-        };
-        staging.unmap();
+        let mut out = Vec::with_capacity(regions.len());
+        for (&(_, _, size), dst) in regions.iter().zip(&staging) {
+            let words = {
+                let view = dst
+                    .get_mapped_range(..)
+                    .map_err(|e| device_error(format!("reading a read-back buffer: {e}")))?;
+                // Copied out as u32 words: a byte slice has no alignment guarantee.
+                bytemuck::pod_collect_to_vec::<u8, u32>(&view[..size as usize])
+            };
+            dst.unmap();
+            out.push(words);
+        }
         Ok(out)
     }
 
@@ -734,12 +755,12 @@ impl WgpuForest {
     fn read_with_status(
         &self,
         regions: &[(&wgpu::Buffer, u64, u64)],
-    ) -> Result<Vec<Vec<u8>>, ForestError> {
+    ) -> Result<Vec<Vec<u32>>, ForestError> {
         let mut all = regions.to_vec();
         all.push(self.status_region());
         let mut out = self.read(&all, true)?;
         let status = out.pop().unwrap_or_default();
-        status_error(bytemuck::cast_slice(&status), self.cfg.capacity)?;
+        status_error(&status, self.cfg.capacity)?;
         Ok(out)
     }
 
@@ -856,11 +877,7 @@ impl ForestBackend for WgpuForest {
             (sel, 4 * self.layout.sel_plen(), 4 * n),
             (sel, 4 * self.layout.sel_paths(), 4 * n * st as u64),
         ])?;
-        let (leaves, path_len, paths): (&[u32], &[u32], &[u32]) = (
-            bytemuck::cast_slice(&out[0]),
-            bytemuck::cast_slice(&out[1]),
-            bytemuck::cast_slice(&out[2]),
-        );
+        let (leaves, path_len, paths): (&[u32], &[u32], &[u32]) = (&out[0], &out[1], &out[2]);
         // The first K slots of each tree's Km.
         let mut s = Selection {
             trees: b,
@@ -928,7 +945,7 @@ impl ForestBackend for WgpuForest {
         Ok(ForestSnapshot {
             trees: self.cfg.trees,
             capacity: self.cfg.capacity,
-            n_nodes: bytemuck::cast_slice(&out[0]).to_vec(),
+            n_nodes: out[0].clone(),
             nodes: bytemuck::pod_collect_to_vec(&out[1]),
         })
     }
@@ -982,7 +999,7 @@ impl ForestBackend for WgpuForest {
     fn toy_stats(&mut self) -> Result<ToyStats, ForestError> {
         let b = self.cfg.trees as u64;
         let out = self.read(&[(&self.bufs.trees, 4 * ROW_TOY * b, 4 * 5 * b)], false)?;
-        let w: &[u32] = bytemuck::cast_slice(&out[0]);
+        let w = &out[0];
         let b = b as usize;
         let mut s = ToyStats::default();
         for t in 0..b {
@@ -1088,14 +1105,14 @@ pub(crate) mod sin_port {
     fn shl128(m: [u32; 4], n: u32) -> [u32; 4] {
         let (ws, bs) = ((n >> 5) as usize, n & 31);
         let mut o = [0u32; 4];
-        for i in 0..4 {
+        for (i, oi) in o.iter_mut().enumerate() {
             let j = i + ws;
             if j < 4 {
                 let mut v = m[j] << bs;
                 if bs != 0 && j + 1 < 4 {
                     v |= m[j + 1] >> (32 - bs);
                 }
-                o[i] = v;
+                *oi = v;
             }
         }
         o
