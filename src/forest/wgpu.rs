@@ -9,7 +9,7 @@
 //! * Tree state stays on the device. `select`, `expand` and `backup` with staged input, and
 //!   `toy_evaluate`, each record one dispatch and submit it without waiting; host inputs are
 //!   uploaded with `Queue::write_buffer` first. `selection`, `read_back`, `toy_stats` and `sync`
-//!   copy into a staging buffer, map it and wait.
+//!   copy into staging buffers, map them and wait.
 //! * Per-tree status words (`super::status`) are sticky on the device; they are read and cleared
 //!   by `sync`, `selection` and `read_back`, and synchronously after a host expansion and after a
 //!   reroot, and turned into the error of the lowest failing tree by [`super::status_error`].
@@ -17,10 +17,17 @@
 //!   error handler and returned as [`ForestError::Device`]; it is sticky, since the device's state
 //!   can no longer be trusted. Nothing here panics on a device error.
 //! * Per-phase parameters (K, the toy's branching, the record flag) travel in the uniform
-//!   [`Params`], rewritten only when they change.
+//!   `Params`, rewritten only when they change.
+//! * The device is opened with wgpu's downlevel defaults raised to what the forest needs (its
+//!   largest binding, 8 storage buffers, the grid); a forest beyond the adapter's limits is refused
+//!   as [`ForestError::Unavailable`] before anything is allocated. (lavapipe binds at most 128 MiB:
+//!   about 4M nodes per forest.)
+//! * The rule's parent terms (ln, sqrt) for parent counts below 4096 come from a table computed
+//!   on the host by `rules::parent_terms`, like the CPU backend's, so both use the same bits.
 //! * The toy value needs `sin` of arguments up to 2.1e6, where GPU `sin` is inaccurate (llvmpipe's
-//!   is plainly wrong); the shader has its own integer-only, correctly rounded `toy_sin`, ported
-//!   to Rust in [`sin_port`] (tests) where it is checked against the host's sine.
+//!   range reduction fails for large arguments); the shader has its own integer-only, correctly
+//!   rounded `toy_sin`, ported to Rust in `sin_port` (tests) where it is checked against the
+//!   host's sine.
 
 use super::backend::{BackendKind, ForestBackend, Input, ToyParams, ToyStats};
 use super::{
@@ -58,44 +65,57 @@ fn device_error(reason: impl Into<String>) -> ForestError {
     }
 }
 
-/// The backends of `WGPU_BACKEND` (e.g. `vulkan`, `gl`) if set, else Vulkan and GL.
-fn backends() -> wgpu::Backends {
-    wgpu::Backends::from_env().unwrap_or(wgpu::Backends::VULKAN | wgpu::Backends::GL)
+/// The APIs to try, in order: those of `WGPU_BACKEND` (e.g. `vulkan`, `gl`) if set; else the
+/// native ones (Vulkan, Metal, DX12) and, only if none has an adapter, GL. Probing GL needlessly
+/// is slow and makes EGL print display-server warnings on headless machines.
+fn backend_tiers() -> Vec<wgpu::Backends> {
+    match wgpu::Backends::from_env() {
+        Some(b) => vec![b],
+        None => vec![wgpu::Backends::PRIMARY, wgpu::Backends::GL],
+    }
 }
 
-fn instance() -> wgpu::Instance {
+fn instance(backends: wgpu::Backends) -> wgpu::Instance {
     let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
-    desc.backends = backends();
+    desc.backends = backends;
     desc.flags = wgpu::InstanceFlags::from_env_or_default();
     wgpu::Instance::new(desc)
 }
 
-fn request_adapter(instance: &wgpu::Instance) -> Result<wgpu::Adapter, ForestError> {
-    pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
-        power_preference: wgpu::PowerPreference::HighPerformance,
-        force_fallback_adapter: false,
-        compatible_surface: None,
-        apply_limit_buckets: false,
-    }))
-    .map_err(|e| {
-        unavailable(format!(
-            "no wgpu adapter ({e}); install a Vulkan driver (on Linux without a GPU: Mesa's \
-             lavapipe, package mesa-vulkan-drivers) or set WGPU_BACKEND"
-        ))
-    })
+/// The first adapter of the first tier that has one, with its instance.
+fn request_adapter() -> Result<(wgpu::Instance, wgpu::Adapter), ForestError> {
+    let mut last = String::from("no backend tried");
+    for backends in backend_tiers() {
+        let inst = instance(backends);
+        match pollster::block_on(inst.request_adapter(&wgpu::RequestAdapterOptions {
+            power_preference: wgpu::PowerPreference::HighPerformance,
+            force_fallback_adapter: false,
+            compatible_surface: None,
+            apply_limit_buckets: false,
+        })) {
+            Ok(adapter) => return Ok((inst, adapter)),
+            Err(e) => last = e.to_string(),
+        }
+    }
+    Err(unavailable(format!(
+        "no wgpu adapter ({last}); install a Vulkan driver (on Linux without a GPU: Mesa's \
+         lavapipe, package mesa-vulkan-drivers) or set WGPU_BACKEND"
+    )))
 }
 
 /// Ok when a wgpu adapter (hardware or software, e.g. lavapipe) can be opened here.
 pub fn available() -> Result<(), ForestError> {
-    request_adapter(&instance()).map(|_| ())
+    request_adapter().map(|_| ())
 }
 
 /// True when a non-CPU wgpu adapter exists (used to pick the default backend: a software
 /// adapter is slower than the CPU backend).
 pub fn hardware_adapter_available() -> bool {
-    pollster::block_on(instance().enumerate_adapters(backends()))
-        .iter()
-        .any(|a| a.get_info().device_type != wgpu::DeviceType::Cpu)
+    backend_tiers().into_iter().any(|b| {
+        pollster::block_on(instance(b).enumerate_adapters(b))
+            .iter()
+            .any(|a| a.get_info().device_type != wgpu::DeviceType::Cpu)
+    })
 }
 
 /// The shader's `Config` uniform, field for field (96 bytes).
@@ -300,8 +320,7 @@ pub struct WgpuForest {
 impl WgpuForest {
     pub fn new(cfg: &ForestConfig) -> Result<WgpuForest, ForestError> {
         cfg.validate()?;
-        let instance = instance();
-        let adapter = request_adapter(&instance)?;
+        let (_instance, adapter) = request_adapter()?;
         let info = adapter.get_info();
         let description = format!("{} ({:?})", info.name, info.backend);
         let layout = Layout::new(cfg);
