@@ -5,11 +5,14 @@
 //! One worker owns a tree for the whole of a phase and handles its K slots in order, so no
 //! atomics are needed and float sums are added in the same order on every backend.
 //!
-//! Two things make it fast without changing any result:
+//! Three things make it fast without changing any result:
 //! * **Interleaved descent.** Selection advances a group of trees one level per round and
 //!   prefetches the chosen child's children block before turning to the next tree: a lone descent
-//!   is a chain of dependent cache misses, and interleaving keeps several in flight. Four children
-//!   are scored at once with SSE2 (same operations lane by lane, so the same bits).
+//!   is a chain of dependent cache misses, and interleaving keeps several in flight. Children are
+//!   scored four at a time with SSE2, or a block of eight at once with AVX2 where the CPU has it
+//!   (the same operations lane by lane, so the same bits), and the argmax is branch-free.
+//! * **Cached parent terms.** ln N and sqrt N for parent counts below 4096 come from a table
+//!   computed once with the same operations.
 //! * **Phase fusion.** Inputs already on the backend (the built-in evaluator's staged expansion,
 //!   and any backup, whose host values are copied in) are not applied at once: they are applied
 //!   tree by tree in the same pass as the next `select` (or at the next read or sync), while each

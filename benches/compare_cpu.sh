@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Side-by-side CPU throughput of the toy forest workload: toy_forest.c (one thread, the reference
+# loop) and `rstar-gpu bench forest --backend cpu` (1 thread and all threads), alternating runs in
+# one session so both see the same machine state. Prints a markdown table (median of ROUNDS runs).
+#
+#   bash benches/compare_cpu.sh            # B ∈ {64, 1024, 4096, 16384}, S=64, plus B=4096 S=800
+#   ROUNDS=5 SHAPES="4096:64" bash benches/compare_cpu.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROUNDS="${ROUNDS:-3}"
+SHAPES="${SHAPES:-64:64 1024:64 4096:64 16384:64 4096:800}"
+tmp="$(mktemp -d)"
+trap 'rm -rf "$tmp"' EXIT
+cc -O2 -o "$tmp/toy_forest" tests/reference/toy_forest.c -lm
+cargo build --release --quiet
+bin=target/release/rstar-gpu
+threads="$(nproc)"
+rate() { python3 -c "import json,sys; d=json.load(sys.stdin); print(d['sims_per_sec'], d['checksum'])"; }
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+echo "| B | S | toy_forest.c 1 thread (sims/s) | rstar-gpu cpu 1 thread | rstar-gpu cpu $threads threads | ratio ($threads threads / toy) | checksums equal |"
+echo "|---|---|---|---|---|---|---|"
+for shape in $SHAPES; do
+  b="${shape%%:*}"; s="${shape##*:}"
+  : > "$tmp/c"; : > "$tmp/one"; : > "$tmp/all"; same=yes
+  for _ in $(seq "$ROUNDS"); do
+    read -r c cs < <("$tmp/toy_forest" "$b" "$s" | rate); echo "$c" >> "$tmp/c"
+    read -r o os < <(RUST_LOG=off "$bin" bench forest --backend cpu --trees "$b" --sims "$s" --threads 1 --json | rate); echo "$o" >> "$tmp/one"
+    read -r a as < <(RUST_LOG=off "$bin" bench forest --backend cpu --trees "$b" --sims "$s" --json | rate); echo "$a" >> "$tmp/all"
+    [ "$cs" = "$os" ] && [ "$cs" = "$as" ] || same=no
+  done
+  c=$(median < "$tmp/c"); o=$(median < "$tmp/one"); a=$(median < "$tmp/all")
+  python3 -c "print(f'| $b | $s | {$c/1e6:.2f} M | {$o/1e6:.2f} M | {$a/1e6:.2f} M | {$a/$c:.2f}× | $same |')"
+done
