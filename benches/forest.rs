@@ -20,6 +20,15 @@ fn config(trees: usize, sims: usize, rule: Rule) -> ForestConfig {
     }
 }
 
+fn pool() -> &'static rayon::ThreadPool {
+    static POOL: std::sync::OnceLock<rayon::ThreadPool> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| {
+        rayon::ThreadPoolBuilder::new()
+            .build()
+            .expect("thread pool")
+    })
+}
+
 fn available() -> Vec<BackendKind> {
     [BackendKind::Cpu, BackendKind::Wgpu, BackendKind::Cuda]
         .into_iter()
@@ -47,7 +56,20 @@ fn toy_search(c: &mut Criterion) {
                     format!("{kind}/{}", rule.name()),
                     format!("B{trees}xS{sims}"),
                 );
-                g.bench_function(id, |b| b.iter(|| toy::run(&mut f, sims, 1, 8, 1).unwrap()));
+                // Run from inside the pool (as the CLI does): a parallel call made from outside
+                // pays rayon's cross-thread injection and wake-up every step.
+                let params = toy::params(8);
+                // Time only the simulations (toy::search), as `bench forest` does.
+                g.bench_function(id, |b| {
+                    pool().install(|| {
+                        b.iter_custom(|iters| {
+                            let secs: f64 = (0..iters)
+                                .map(|_| toy::search(&mut f, &params, sims, 1).unwrap())
+                                .sum();
+                            Duration::from_secs_f64(secs)
+                        })
+                    })
+                });
             }
         }
     }

@@ -94,20 +94,9 @@ pub fn run(
     let mut best = f64::INFINITY;
     let mut stats = ToyStats::default();
     for _ in 0..reps.max(1) {
-        forest.reset(&vec![0.0; cfg.trees], 0)?;
-        forest.backend_mut().toy_reset(&toy)?;
-        // Setup: evaluate and expand every root (the toy's roots start evaluated, N = 1).
-        step(forest, 1, false)?;
-        forest.sync()?;
-        let t0 = Instant::now();
-        let mut done = 0;
-        while done < sims {
-            let kk = k.min(sims - done);
-            step(forest, kk, true)?;
-            done += kk;
-        }
-        forest.sync()?;
-        best = best.min(t0.elapsed().as_secs_f64());
+        let dt = search(forest, &toy, sims, k)?;
+        tracing::debug!(ms = dt * 1e3, "toy search repetition");
+        best = best.min(dt);
         stats = forest.backend_mut().toy_stats()?;
     }
     let snap = forest.read_back()?;
@@ -139,6 +128,31 @@ pub fn run(
         root_visits_tree0: tree0,
         leaves: stats.leaves,
     })
+}
+
+/// One whole toy search from fresh roots: returns the seconds spent on the `sims` simulations
+/// (the setup step that evaluates and expands every root is not timed).
+pub fn search(
+    forest: &mut Forest,
+    toy: &ToyParams,
+    sims: usize,
+    k: usize,
+) -> Result<f64, ForestError> {
+    let trees = forest.config().trees;
+    forest.reset(&vec![0.0; trees], 0)?;
+    forest.backend_mut().toy_reset(toy)?;
+    // Setup: evaluate and expand every root (the toy's roots start evaluated, N = 1).
+    step(forest, 1, false)?;
+    forest.sync()?;
+    let t0 = Instant::now();
+    let mut done = 0;
+    while done < sims {
+        let kk = k.min(sims - done);
+        step(forest, kk, true)?;
+        done += kk;
+    }
+    forest.sync()?;
+    Ok(t0.elapsed().as_secs_f64())
 }
 
 /// One simulation step for all trees: select → evaluate → expand → backup.
