@@ -4,9 +4,7 @@
 
 mod common;
 
-use rstar_gpu::forest::{
-    flags, BackendKind, Backup, Expansion, ForestConfig, ForestError, NONE,
-};
+use rstar_gpu::forest::{flags, BackendKind, Backup, Expansion, ForestConfig, ForestError, NONE};
 use serde_json::Value;
 
 fn id_or_none(v: &Value) -> u32 {
