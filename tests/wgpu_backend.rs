@@ -6,29 +6,25 @@
 //! Without a wgpu adapter every test prints `SKIP wgpu: <reason>` and passes, unless
 //! `RSTAR_REQUIRE_WGPU=1` (set in CI), which turns a missing adapter into a failure.
 
+mod common;
+
+use common::{assert_same_forest, random_expansion};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rstar_gpu::forest::cpu::CpuForest;
 use rstar_gpu::forest::wgpu::WgpuForest;
 use rstar_gpu::forest::{
-    flags, toy, BackendKind, Backup, Expansion, Forest, ForestBackend, ForestConfig, ForestError,
-    ForestSnapshot, Input, Rule, Selection, NONE,
+    toy, BackendKind, Backup, Expansion, Forest, ForestBackend, ForestConfig, ForestError, Input,
+    Rule, Selection, NONE,
 };
 
 fn require() -> bool {
     std::env::var("RSTAR_REQUIRE_WGPU").is_ok_and(|v| v == "1")
 }
 
-/// A wgpu forest, or `None` after printing `SKIP wgpu: …` when no adapter can be opened.
+/// A wgpu forest, or `None` after printing `SKIP wgpu: …` (a failure under `RSTAR_REQUIRE_WGPU=1`).
 fn wgpu_forest(cfg: &ForestConfig) -> Option<Forest> {
-    match Forest::new(cfg.clone(), BackendKind::Wgpu) {
-        Ok(f) => Some(f),
-        Err(ForestError::Unavailable { reason, .. }) if !require() => {
-            eprintln!("SKIP wgpu: {reason}");
-            None
-        }
-        Err(e) => panic!("creating a wgpu forest: {e}"),
-    }
+    common::forest_or_skip(cfg, BackendKind::Wgpu)
 }
 
 fn toy_cfg(trees: usize, sims: usize, rule: Rule, k: usize) -> ForestConfig {
@@ -44,63 +40,10 @@ fn toy_cfg(trees: usize, sims: usize, rule: Rule, k: usize) -> ForestConfig {
 }
 
 /// Identical selections, including the raw path records past each path's end (the device writes
-/// exactly what the CPU writes); reports the first differing slot.
+/// exactly what the CPU writes).
 fn assert_same_selection(want: &Selection, got: &Selection, ctx: &str) {
-    assert_eq!((want.trees, want.k), (got.trees, got.k), "{ctx}: shape");
-    for i in 0..want.trees * want.k {
-        let (t, s) = (i / want.k, i % want.k);
-        let st = want.path_stride;
-        assert_eq!(
-            (
-                want.leaves[i],
-                want.path_len[i],
-                &want.paths[i * st..(i + 1) * st]
-            ),
-            (
-                got.leaves[i],
-                got.path_len[i],
-                &got.paths[i * st..(i + 1) * st]
-            ),
-            "{ctx}: tree {t} slot {s} (leaf, path_len, path record): cpu left, wgpu right"
-        );
-    }
-    assert_eq!(want, got, "{ctx}");
-}
-
-fn close(a: f32, b: f32) -> bool {
-    a == b || (a - b).abs() <= 1e-5 * a.abs().max(b.abs()).max(1.0)
-}
-
-/// Same node counts, structure, flags and visit counts; values within 1e-5 relative. Returns
-/// how many float fields were not bit-identical (the backends are meant to agree exactly).
-fn assert_same_forest(want: &ForestSnapshot, got: &ForestSnapshot, ctx: &str) -> usize {
-    assert_eq!(want.n_nodes, got.n_nodes, "{ctx}: n_nodes differ");
-    let mut inexact = 0;
-    for b in 0..want.trees {
-        for (id, (w, g)) in want.tree(b).iter().zip(got.tree(b)).enumerate() {
-            let same = w.visits == g.visits
-                && w.vloss == g.vloss
-                && w.first_child == g.first_child
-                && w.parent == g.parent
-                && w.meta == g.meta
-                && close(w.value_sum, g.value_sum)
-                && close(w.init_value, g.init_value)
-                && close(w.prior, g.prior);
-            assert!(
-                same,
-                "{ctx}: tree {b} node {id}\n  cpu  {w:?}\n  wgpu {g:?}"
-            );
-            inexact += [
-                (w.value_sum, g.value_sum),
-                (w.init_value, g.init_value),
-                (w.prior, g.prior),
-            ]
-            .iter()
-            .filter(|(x, y)| x.to_bits() != y.to_bits())
-            .count();
-        }
-    }
-    inexact
+    common::assert_same_selection(want, got, ctx);
+    assert_eq!(want, got, "{ctx}: raw path records");
 }
 
 /// toy_forest.c's numbers (PUCT): (B, S) → (checksum, mean_depth, root_visits_tree0).
@@ -213,49 +156,6 @@ fn device_sine_is_accurate() {
     assert_eq!(off_value, 0, "toy value is not 0.1 · sin");
 }
 
-fn random_expansion(
-    r: &mut ChaCha8Rng,
-    cfg: &ForestConfig,
-    leaves: &[u32],
-    k: usize,
-    snap: &ForestSnapshot,
-) -> Expansion {
-    let a = cfg.max_children;
-    let mut e = Expansion::zeros(cfg.trees, k, a);
-    for (i, &leaf) in leaves.iter().enumerate() {
-        let expanded = leaf != NONE && snap.node(i / k, leaf).is(flags::EXPANDED);
-        e.counts[i] = if leaf == NONE || expanded {
-            // Occasionally children for an empty slot or an expanded leaf (InvalidExpand).
-            if r.random_bool(0.03) {
-                r.random_range(1..=a as u32)
-            } else {
-                0
-            }
-        } else if r.random_bool(0.1) {
-            0
-        } else {
-            r.random_range(1..=a as u32)
-        };
-        for j in 0..a {
-            let x = i * a + j;
-            e.values[x] = r.random_range(-1.0f32..=1.0);
-            e.priors[x] = r.random_range(0.0f32..=1.0);
-            let mut f = 0;
-            if r.random_bool(0.15) {
-                f |= flags::TERMINAL;
-            }
-            if r.random_bool(0.1) {
-                f |= flags::ANSWER;
-            }
-            if r.random_bool(0.3) {
-                f |= flags::COUNT_INIT;
-            }
-            e.flags[x] = f;
-        }
-    }
-    e
-}
-
 /// Random shapes and operation sequences, compared with the CPU backend after every phase:
 /// identical selections (including the raw path records), identical per-tree errors, identical
 /// structure and visit counts, values within 1e-5 relative.
@@ -302,7 +202,7 @@ fn random_operations_match_cpu() {
             assert_same_selection(&sa, &sb, &ctx);
             let snap = cpu.read_back().unwrap();
             inexact += assert_same_forest(&snap, &dev.read_back().unwrap(), &ctx);
-            let e = random_expansion(&mut r, &cfg, &sa.leaves, k, &snap);
+            let e = random_expansion(&mut r, &cfg, &sa, &snap, 0.03);
             let ea = cpu.expand(&e);
             let eb = dev.expand(&e);
             assert_eq!(ea, eb, "{ctx}: expand results differ");
@@ -431,7 +331,7 @@ fn two_dimensional_dispatch_matches_cpu() {
         let sa = cpu.selection(k).unwrap();
         assert_same_selection(&sa, &dev.selection(k).unwrap(), &format!("round {round}"));
         let snap = cpu.read_back().unwrap();
-        let e = random_expansion(&mut r, &cfg, &sa.leaves, k, &snap);
+        let e = random_expansion(&mut r, &cfg, &sa, &snap, 0.03);
         assert_eq!(
             cpu.expand(Input::Host(&e), k),
             dev.expand(Input::Host(&e), k)

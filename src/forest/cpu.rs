@@ -1014,23 +1014,15 @@ impl ForestBackend for CpuForest {
 
     fn selection(&mut self, k: usize) -> Result<Selection, ForestError> {
         self.flush();
-        let (b, km, st) = (self.cfg.trees, self.km, self.cfg.path_stride());
-        let mut sel = Selection {
-            trees: b,
+        let sel = Selection::from_rows(
+            self.cfg.trees,
             k,
-            path_stride: st,
-            leaves: Vec::with_capacity(b * k),
-            path_len: Vec::with_capacity(b * k),
-            paths: Vec::with_capacity(b * k * st),
-        };
-        for t in 0..b {
-            sel.leaves
-                .extend_from_slice(&self.leaves[t * km..t * km + k]);
-            sel.path_len
-                .extend_from_slice(&self.path_len[t * km..t * km + k]);
-            sel.paths
-                .extend_from_slice(&self.paths[t * km * st..(t * km + k) * st]);
-        }
+            self.km,
+            self.cfg.path_stride(),
+            &self.leaves,
+            &self.path_len,
+            &self.paths,
+        );
         self.take_status()?;
         Ok(sel)
     }

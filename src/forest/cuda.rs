@@ -524,21 +524,9 @@ impl<D: KernelDevice> ForestBackend for KernelForest<D> {
         let leaves: Vec<u32> = self.download(self.leaves, b * km)?;
         let path_len: Vec<u32> = self.download(self.path_len, b * km)?;
         let paths: Vec<u32> = self.download(self.paths, b * km * st)?;
-        // Rows of KM slots on the device; the selection has rows of K.
-        let rows = |v: &[u32], w: usize| -> Vec<u32> {
-            v.chunks(km * w)
-                .flat_map(|r| &r[..k * w])
-                .copied()
-                .collect()
-        };
-        Ok(Selection {
-            trees: b,
-            k,
-            path_stride: st,
-            leaves: rows(&leaves, 1),
-            path_len: rows(&path_len, 1),
-            paths: rows(&paths, st),
-        })
+        Ok(Selection::from_rows(
+            b, k, km, st, &leaves, &path_len, &paths,
+        ))
     }
 
     fn expand(&mut self, input: Input<'_, Expansion>, k: usize) -> Result<(), ForestError> {

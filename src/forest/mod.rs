@@ -323,6 +323,34 @@ pub struct Selection {
 }
 
 impl Selection {
+    /// Build from the backends' storage, where each tree has rows of `km` (= max_leaves) slots:
+    /// `leaves`, `path_len` `[B, KM]`, `paths` `[B, KM, D+1]`; keeps the first `k` of each row.
+    pub fn from_rows(
+        trees: usize,
+        k: usize,
+        km: usize,
+        path_stride: usize,
+        leaves: &[u32],
+        path_len: &[u32],
+        paths: &[u32],
+    ) -> Selection {
+        let rows = |v: &[u32], w: usize| -> Vec<u32> {
+            v.chunks(km * w)
+                .take(trees)
+                .flat_map(|r| &r[..k * w])
+                .copied()
+                .collect()
+        };
+        Selection {
+            trees,
+            k,
+            path_stride,
+            leaves: rows(leaves, 1),
+            path_len: rows(path_len, 1),
+            paths: rows(paths, path_stride),
+        }
+    }
+
     pub fn leaf(&self, tree: usize, slot: usize) -> Option<NodeId> {
         let l = self.leaves[tree * self.k + slot];
         (l != NONE).then_some(l)

@@ -897,22 +897,7 @@ impl ForestBackend for WgpuForest {
             (sel, 4 * self.layout.sel_paths(), 4 * n * st as u64),
         ])?;
         let (leaves, path_len, paths): (&[u32], &[u32], &[u32]) = (&out[0], &out[1], &out[2]);
-        // The first K slots of each tree's Km.
-        let mut s = Selection {
-            trees: b,
-            k,
-            path_stride: st,
-            leaves: Vec::with_capacity(b * k),
-            path_len: Vec::with_capacity(b * k),
-            paths: Vec::with_capacity(b * k * st),
-        };
-        for t in 0..b {
-            s.leaves.extend_from_slice(&leaves[t * km..t * km + k]);
-            s.path_len.extend_from_slice(&path_len[t * km..t * km + k]);
-            s.paths
-                .extend_from_slice(&paths[t * km * st..(t * km + k) * st]);
-        }
-        Ok(s)
+        Ok(Selection::from_rows(b, k, km, st, leaves, path_len, paths))
     }
 
     fn expand(&mut self, input: Input<'_, Expansion>, k: usize) -> Result<(), ForestError> {

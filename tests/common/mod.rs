@@ -88,9 +88,11 @@ fn close(a: f32, b: f32) -> bool {
     a == b || (a - b).abs() <= 1e-5 * a.abs().max(b.abs()).max(1.0)
 }
 
-/// Same structure and visit counts, values within 1e-5 relative, over the nodes in use.
-pub fn assert_same_forest(want: &ForestSnapshot, got: &ForestSnapshot, ctx: &str) {
+/// Same structure and visit counts, values within 1e-5 relative, over the nodes in use. Returns
+/// how many float fields were not bit-identical (the backends are meant to agree exactly).
+pub fn assert_same_forest(want: &ForestSnapshot, got: &ForestSnapshot, ctx: &str) -> usize {
     assert_eq!(want.n_nodes, got.n_nodes, "{ctx}: n_nodes differ");
+    let mut inexact = 0;
     for b in 0..want.trees {
         for (id, (w, g)) in want.tree(b).iter().zip(got.tree(b)).enumerate() {
             let same = w.visits == g.visits
@@ -105,8 +107,17 @@ pub fn assert_same_forest(want: &ForestSnapshot, got: &ForestSnapshot, ctx: &str
                 same,
                 "{ctx}: tree {b} node {id}\n  want {w:?}\n  got  {g:?}"
             );
+            inexact += [
+                (w.value_sum, g.value_sum),
+                (w.init_value, g.init_value),
+                (w.prior, g.prior),
+            ]
+            .iter()
+            .filter(|(x, y)| x.to_bits() != y.to_bits())
+            .count();
         }
     }
+    inexact
 }
 
 /// Children for the selected leaves: mostly valid; with probability `p_invalid` per slot,
