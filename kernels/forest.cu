@@ -46,6 +46,12 @@ typedef unsigned long long u64;
 #define RULE_UCT_UNVISITED_FIRST 1u
 #define RULE_PUCT 2u
 
+// forest_step phases, run for each tree in this order (the order of one search step).
+#define PH_TOY_EVAL 1u
+#define PH_EXPAND 2u
+#define PH_BACKUP 4u
+#define PH_SELECT 8u
+
 // select_child outcomes other than a child index (a node has at most 255 children).
 #define CHOICE_ALL_TERMINAL 0xfffffffeu
 #define CHOICE_BLOCKED 0xffffffffu
@@ -102,17 +108,20 @@ struct ForestArgs {
     u32 root_visits;    // reset: 0 or 1
     u32 branching;      // toy: children per expansion
     u32 record;         // toy: 1 = add the leaves' depths to toy_stats
+    u32 k_select;       // forest_step: K of the selection that follows the deferred phases
+    u32 phases;         // forest_step: PH_* bits of the phases to run, in PH_* order
 };
 
 // The layout contract with src/forest/cuda.rs (KernelArgs asserts the same numbers). NVRTC has
 // no offsetof, so the field offsets are checked where the host emulation defines RS_OFFSETOF.
 static_assert(sizeof(Node) == 32, "Node must be 32 bytes");
-static_assert(sizeof(ForestArgs) == 216, "ForestArgs layout changed: update KernelArgs");
+static_assert(sizeof(ForestArgs) == 224, "ForestArgs layout changed: update KernelArgs");
 #ifdef RS_OFFSETOF
 static_assert(RS_OFFSETOF(ForestArgs, toy_priors) == 152, "ForestArgs layout");
 static_assert(RS_OFFSETOF(ForestArgs, trees) == 160, "ForestArgs layout");
 static_assert(RS_OFFSETOF(ForestArgs, rule_p0) == 192, "ForestArgs layout");
 static_assert(RS_OFFSETOF(ForestArgs, record) == 212, "ForestArgs layout");
+static_assert(RS_OFFSETOF(ForestArgs, phases) == 220, "ForestArgs layout");
 #endif
 
 __device__ __forceinline__ u32 meta_flags(u32 meta) { return meta & 0xffu; }
@@ -267,9 +276,7 @@ __device__ __forceinline__ u32 descend(const ForestArgs& a, Node* arena, u32* pa
 
 // Up to K leaves per tree; each chosen path gets one virtual loss per node and its leaf PENDING,
 // so later slots of the same tree choose differently.
-extern "C" __global__ void forest_select(const ForestArgs a) {
-    const u64 b = tree_index();
-    if (b >= a.trees) return;
+__device__ __forceinline__ void select_tree(const ForestArgs& a, const u64 b) {
     Node* arena = a.nodes + b * a.capacity;
     const u64 stride = (u64)a.max_depth + 1u;
     for (u32 slot = 0; slot < a.k; ++slot) {
@@ -288,11 +295,14 @@ extern "C" __global__ void forest_select(const ForestArgs a) {
     }
 }
 
+extern "C" __global__ void forest_select(const ForestArgs a) {
+    const u64 b = tree_index();
+    if (b < a.trees) select_tree(a, b);
+}
+
 // Attach the staged children to each slot's leaf; all-or-nothing per tree (cpu.rs expand_tree).
 // Even a count of 0 marks a valid leaf EXPANDED (a dead end).
-extern "C" __global__ void forest_expand(const ForestArgs a) {
-    const u64 b = tree_index();
-    if (b >= a.trees) return;
+__device__ __forceinline__ void expand_tree(const ForestArgs& a, const u64 b) {
     Node* arena = a.nodes + b * a.capacity;
     const u64 row = b * a.km;          // leaves
     const u64 erow = b * a.exp_stride; // expansion input
@@ -345,12 +355,15 @@ extern "C" __global__ void forest_expand(const ForestArgs a) {
     a.n_nodes[b] = n;
 }
 
+extern "C" __global__ void forest_expand(const ForestArgs a) {
+    const u64 b = tree_index();
+    if (b < a.trees) expand_tree(a, b);
+}
+
 // Add each slot's value along its path (when masked in), remove its virtual loss, clear PENDING.
 // Slots are applied in order, so every node's W receives its additions in the CPU's order. A host
 // backup first lands in the staged arrays, as the CPU backend copies it there.
-extern "C" __global__ void forest_backup(const ForestArgs a) {
-    const u64 b = tree_index();
-    if (b >= a.trees) return;
+__device__ __forceinline__ void backup_tree(const ForestArgs& a, const u64 b) {
     Node* arena = a.nodes + b * a.capacity;
     const u64 stride = (u64)a.max_depth + 1u;
     if (a.bk_in_values) {
@@ -377,6 +390,11 @@ extern "C" __global__ void forest_backup(const ForestArgs a) {
         }
         arena[leaf].meta &= ~F_PENDING;
     }
+}
+
+extern "C" __global__ void forest_backup(const ForestArgs a) {
+    const u64 b = tree_index();
+    if (b < a.trees) backup_tree(a, b);
 }
 
 // Keep the subtree under new_roots[b]: breadth-first copy into the tree's scratch arena (children
@@ -445,9 +463,7 @@ __device__ __forceinline__ u32 toy_child_state(u32 parent_state, u32 action) {
 // expansion (0 if already expanded).
 // The staged expansion's values and flags stay zero. CUDA's sinf does full range reduction, so
 // large states (up to 2^31 · 1e-3) are reduced like the host's sinf.
-extern "C" __global__ void toy_evaluate(const ForestArgs a) {
-    const u64 b = tree_index();
-    if (b >= a.trees) return;
+__device__ __forceinline__ void toy_evaluate_tree(const ForestArgs& a, const u64 b) {
     const Node* arena = a.nodes + b * a.capacity;
     u32* state = a.toy_state + b * a.capacity;
     const u64 row = b * a.km;
@@ -477,5 +493,28 @@ extern "C" __global__ void toy_evaluate(const ForestArgs a) {
             a.toy_stats[b * 3 + 1] += 1u;
             if (d > a.toy_stats[b * 3 + 2]) a.toy_stats[b * 3 + 2] = d;
         }
+    }
+}
+
+extern "C" __global__ void toy_evaluate(const ForestArgs a) {
+    const u64 b = tree_index();
+    if (b < a.trees) toy_evaluate_tree(a, b);
+}
+
+// ---------------------------------------------------------------------------------------------
+// One launch per search step: the phases the host deferred (toy evaluation, staged expansion,
+// backup, each with K = a.k) and then the next selection (K = a.k_select), tree by tree. Trees are
+// independent, so running a tree's phases back to back gives what the separate launches give, with
+// one launch instead of four and each tree's nodes still in cache between its phases.
+extern "C" __global__ void forest_step(const ForestArgs a) {
+    const u64 b = tree_index();
+    if (b >= a.trees) return;
+    if (a.phases & PH_TOY_EVAL) toy_evaluate_tree(a, b);
+    if (a.phases & PH_EXPAND) expand_tree(a, b);
+    if (a.phases & PH_BACKUP) backup_tree(a, b);
+    if (a.phases & PH_SELECT) {
+        ForestArgs s = a;
+        s.k = a.k_select;
+        select_tree(s, b);
     }
 }

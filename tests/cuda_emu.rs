@@ -196,6 +196,8 @@ fn layout_matches_kernel_args() {
         offset_of!(KernelArgs, root_visits),
         offset_of!(KernelArgs, branching),
         offset_of!(KernelArgs, record),
+        offset_of!(KernelArgs, k_select),
+        offset_of!(KernelArgs, phases),
         std::mem::size_of::<KernelArgs>(),
     ]
     .map(|x| x as u64);

@@ -7,7 +7,7 @@ use serde_json::json;
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
-    /// The toy forest workload of reference/toy_forest.c: B trees × S simulations, PUCT (default)
+    /// The toy forest workload of tests/reference/toy_forest.c: B trees × S simulations, PUCT (default)
     /// or UCT selection, a near-free evaluator; prints sims/s and the checksums that must equal
     /// toy_forest.c's for the same arguments.
     Forest(ForestArgs),

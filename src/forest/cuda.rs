@@ -22,13 +22,17 @@
 //! `reference/gpu-mcts.md` §6 — an 8-lane sub-warp per tree, lanes scoring children in parallel
 //! and reducing with shuffles — is the next step once a device can measure the difference.
 //!
-//! # Synchronisation
-//! `select`, `expand(Staged)`, `backup` and `toy_evaluate` enqueue one launch on one stream and
-//! return without waiting (a host input is first copied into a device buffer, which the driver
-//! stages before the call returns). `selection`, `read_back`, `toy_stats` and `sync` wait and read
-//! back. Per-tree errors (capacity, invalid expansion, invalid reroot) are sticky status words on
-//! the device; they are reported and cleared by `sync`, `selection` and `read_back`, and at once
-//! after a host expansion and after `reroot`, which wait anyway.
+//! # Synchronisation and fusion
+//! `select` enqueues one launch on one stream and returns without waiting. The toy evaluation, a
+//! staged expansion and a backup are not launched on their own: they are recorded and run, tree by
+//! tree, in the same launch as the next `select` (`forest_step`), as the CPU backend fuses them —
+//! one launch per search step instead of four, which matters when a step's kernels take
+//! microseconds. A host input is first copied into a device buffer (the driver stages it before
+//! the call returns). `selection`, `read_back`, `toy_stats` and `sync` launch whatever is still
+//! deferred, then wait and read back. Per-tree errors (capacity, invalid expansion, invalid
+//! reroot) are sticky status words on the device; they are reported and cleared by `sync`,
+//! `selection` and `read_back`, and at once after a host expansion and after `reroot`, which wait
+//! anyway.
 //!
 //! # Float agreement
 //! NVRTC runs with `--fmad=false` (no fused multiply-add, so every product is rounded as on the
@@ -95,10 +99,11 @@ pub enum Kernel {
     Reroot,
     ToyReset,
     ToyEvaluate,
+    Step,
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 7] = [
+    pub const ALL: [Kernel; 8] = [
         Kernel::Reset,
         Kernel::Select,
         Kernel::Expand,
@@ -106,6 +111,7 @@ impl Kernel {
         Kernel::Reroot,
         Kernel::ToyReset,
         Kernel::ToyEvaluate,
+        Kernel::Step,
     ];
 
     /// The kernel's `extern "C"` name.
@@ -118,6 +124,7 @@ impl Kernel {
             Kernel::Reroot => "forest_reroot",
             Kernel::ToyReset => "toy_reset",
             Kernel::ToyEvaluate => "toy_evaluate",
+            Kernel::Step => "forest_step",
         }
     }
 }
@@ -187,11 +194,24 @@ pub struct KernelArgs {
     pub root_visits: u32,
     pub branching: u32,
     pub record: u32,
+    /// `forest_step`: K of the selection run after the deferred phases.
+    pub k_select: u32,
+    /// `forest_step`: the phases to run ([`phase`] bits).
+    pub phases: u32,
+}
+
+/// Phase bits of `forest_step` (`PH_*` in forest.cu), run per tree in this order.
+pub mod phase {
+    pub const TOY_EVAL: u32 = 1;
+    pub const EXPAND: u32 = 2;
+    pub const BACKUP: u32 = 4;
+    pub const SELECT: u32 = 8;
 }
 
 // The same numbers as the static_asserts of forest.cu (and the host emulation's offsetof check).
 const _: () = {
-    assert!(std::mem::size_of::<KernelArgs>() == 216);
+    assert!(std::mem::size_of::<KernelArgs>() == 224);
+    assert!(std::mem::offset_of!(KernelArgs, phases) == 220);
     assert!(std::mem::offset_of!(KernelArgs, toy_priors) == 152);
     assert!(std::mem::offset_of!(KernelArgs, trees) == 160);
     assert!(std::mem::offset_of!(KernelArgs, rule_p0) == 192);
@@ -294,6 +314,10 @@ pub struct KernelForest<D: KernelDevice> {
     staged_exp: Option<ExpBufs>,
     staged_bk: Option<BkBufs>,
     toy: Option<ToyBufs>,
+    /// Phases accepted but not launched yet (toy evaluation, staged expansion, backup), with
+    /// their arguments: they run in the same launch as the next `select` (`forest_step`), or on
+    /// their own at the next read, sync or host-input phase.
+    deferred: Option<KernelArgs>,
 }
 
 /// The CUDA backend.
@@ -348,6 +372,7 @@ impl<D: KernelDevice> KernelForest<D> {
             staged_exp: None,
             staged_bk: None,
             toy: None,
+            deferred: None,
         })
     }
 
@@ -452,6 +477,22 @@ impl<D: KernelDevice> KernelForest<D> {
         self.dev.launch(kernel, blocks, BLOCK, args)
     }
 
+    /// Add a phase to the deferred launch: `set` fills in that phase's inputs.
+    fn defer(&mut self, k: usize, bit: u32, set: impl FnOnce(&Self, KernelArgs) -> KernelArgs) {
+        let base = self.deferred.unwrap_or_else(|| self.args(k));
+        let mut a = set(self, base);
+        a.phases |= bit;
+        self.deferred = Some(a);
+    }
+
+    /// Launch the deferred phases now (alone).
+    fn flush(&mut self) -> Result<(), ForestError> {
+        match self.deferred.take() {
+            Some(a) => self.launch(Kernel::Step, &a),
+            None => Ok(()),
+        }
+    }
+
     fn upload<T: bytemuck::Pod>(&mut self, buf: BufId, data: &[T]) -> Result<(), ForestError> {
         if data.is_empty() {
             return Ok(());
@@ -504,6 +545,8 @@ impl<D: KernelDevice> ForestBackend for KernelForest<D> {
 
     fn reset(&mut self, root_values: &[f32], root_visits: u32) -> Result<(), ForestError> {
         self.check_input("root_values", root_values.len(), self.cfg.trees)?;
+        // Deferred work is moot: every tree restarts (as the CPU backend drops it too).
+        self.deferred = None;
         self.upload(self.root_values, root_values)?;
         let mut a = self.args(0);
         a.root_values = self.dev.address(self.root_values);
@@ -513,12 +556,23 @@ impl<D: KernelDevice> ForestBackend for KernelForest<D> {
 
     fn select(&mut self, k: usize) -> Result<(), ForestError> {
         self.check_input("K", k, self.cfg.max_leaves)?;
-        let a = self.args(k);
-        self.launch(Kernel::Select, &a)
+        match self.deferred.take() {
+            // One launch for the whole step: the deferred phases, then this selection.
+            Some(mut a) => {
+                a.k_select = k as u32;
+                a.phases |= phase::SELECT;
+                self.launch(Kernel::Step, &a)
+            }
+            None => {
+                let a = self.args(k);
+                self.launch(Kernel::Select, &a)
+            }
+        }
     }
 
     fn selection(&mut self, k: usize) -> Result<Selection, ForestError> {
         self.check_input("K", k, self.cfg.max_leaves)?;
+        self.flush()?;
         self.take_status()?;
         let (b, km, st) = (self.cfg.trees, self.cfg.max_leaves, self.cfg.path_stride());
         let leaves: Vec<u32> = self.download(self.leaves, b * km)?;
@@ -533,6 +587,7 @@ impl<D: KernelDevice> ForestBackend for KernelForest<D> {
         self.check_input("K", k, self.cfg.max_leaves)?;
         match input {
             Input::Host(e) => {
+                self.flush()?;
                 let (bk, a) = (self.cfg.trees * self.cfg.max_leaves, self.cfg.max_children);
                 self.check_input("expansion counts", e.counts.len(), bk)?;
                 for (what, len) in [
@@ -561,8 +616,9 @@ impl<D: KernelDevice> ForestBackend for KernelForest<D> {
             }
             Input::Staged => {
                 let e = self.staged_exp()?;
-                let args = self.with_exp(self.args(k), e, self.cfg.max_leaves);
-                self.launch(Kernel::Expand, &args)
+                let km = self.cfg.max_leaves;
+                self.defer(k, phase::EXPAND, |me, a| me.with_exp(a, e, km));
+                Ok(())
             }
         }
     }
@@ -570,7 +626,7 @@ impl<D: KernelDevice> ForestBackend for KernelForest<D> {
     fn backup(&mut self, input: Input<'_, Backup>, k: usize) -> Result<(), ForestError> {
         self.check_input("K", k, self.cfg.max_leaves)?;
         let staged = self.staged_bk()?;
-        let mut args = self.with_bk(self.args(k), staged);
+        let mut host_in = None;
         if let Input::Host(bk) = input {
             let max = self.cfg.trees * self.cfg.max_leaves;
             self.check_input("backup values", bk.values.len(), max)?;
@@ -587,16 +643,25 @@ impl<D: KernelDevice> ForestBackend for KernelForest<D> {
             let mask: Vec<u32> = bk.mask.iter().map(|&m| u32::from(m != 0)).collect();
             self.upload(bufs.values, &bk.values)?;
             self.upload(bufs.mask, &mask)?;
-            // The kernel copies them into the staged arrays first, as the CPU backend does, so a
-            // later staged backup sees the same arrays on both backends.
-            args.bk_in_values = self.dev.address(bufs.values);
-            args.bk_in_mask = self.dev.address(bufs.mask);
+            host_in = Some(bufs);
         }
-        self.launch(Kernel::Backup, &args)
+        // Deferred to the next launch (a backup cannot fail once the front end has checked it).
+        self.defer(k, phase::BACKUP, |me, a| {
+            let mut a = me.with_bk(a, staged);
+            // The kernel copies host values into the staged arrays first, as the CPU backend
+            // does, so a later staged backup sees the same arrays on both backends.
+            if let Some(h) = host_in {
+                a.bk_in_values = me.dev.address(h.values);
+                a.bk_in_mask = me.dev.address(h.mask);
+            }
+            a
+        });
+        Ok(())
     }
 
     fn reroot(&mut self, new_roots: &[u32]) -> Result<(), ForestError> {
         self.check_input("new_roots", new_roots.len(), self.cfg.trees)?;
+        self.flush()?;
         if self.scratch.is_none() {
             let n = bytes(bytes(self.cfg.trees, self.cfg.capacity)?, Node::BYTES)?;
             self.scratch = Some(self.dev.alloc(n, 0)?);
@@ -609,6 +674,7 @@ impl<D: KernelDevice> ForestBackend for KernelForest<D> {
     }
 
     fn read_back(&mut self) -> Result<ForestSnapshot, ForestError> {
+        self.flush()?;
         self.take_status()?;
         let (b, n) = (self.cfg.trees, self.cfg.capacity);
         Ok(ForestSnapshot {
@@ -620,6 +686,7 @@ impl<D: KernelDevice> ForestBackend for KernelForest<D> {
     }
 
     fn sync(&mut self) -> Result<(), ForestError> {
+        self.flush()?;
         self.dev.synchronize()?;
         self.take_status()
     }
@@ -633,6 +700,7 @@ impl<D: KernelDevice> ForestBackend for KernelForest<D> {
                 toy.priors.len()
             )));
         }
+        self.flush()?;
         self.staged_exp()?;
         self.staged_bk()?;
         let t = match self.toy {
@@ -664,9 +732,13 @@ impl<D: KernelDevice> ForestBackend for KernelForest<D> {
             ));
         }
         let (e, bk) = (self.staged_exp()?, self.staged_bk()?);
-        let mut args = self.with_bk(self.with_exp(self.args(k), e, self.cfg.max_leaves), bk);
-        args.record = u32::from(record);
-        self.launch(Kernel::ToyEvaluate, &args)
+        let km = self.cfg.max_leaves;
+        self.defer(k, phase::TOY_EVAL, |me, a| {
+            let mut a = me.with_bk(me.with_exp(a, e, km), bk);
+            a.record = u32::from(record);
+            a
+        });
+        Ok(())
     }
 
     fn toy_stats(&mut self) -> Result<ToyStats, ForestError> {
@@ -674,6 +746,7 @@ impl<D: KernelDevice> ForestBackend for KernelForest<D> {
         let Some(t) = self.toy else {
             return Ok(ToyStats::default());
         };
+        self.flush()?;
         let s: Vec<u32> = self.download(t.stats, self.cfg.trees * 3)?;
         Ok(s.chunks_exact(3)
             .fold(ToyStats::default(), |acc, t| ToyStats {

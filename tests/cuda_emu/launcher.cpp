@@ -41,6 +41,7 @@ extern "C" unsigned int emu_args_layout(unsigned long long* offsets, unsigned in
         offsetof(ForestArgs, rule_p0),      offsetof(ForestArgs, rule_p1),
         offsetof(ForestArgs, virtual_loss), offsetof(ForestArgs, root_visits),
         offsetof(ForestArgs, branching),    offsetof(ForestArgs, record),
+        offsetof(ForestArgs, k_select),     offsetof(ForestArgs, phases),
         sizeof(ForestArgs),
     };
     const unsigned int n = sizeof o / sizeof o[0];
