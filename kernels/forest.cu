@@ -392,11 +392,6 @@ __device__ __forceinline__ void backup_tree(const ForestArgs& a, const u64 b) {
     }
 }
 
-extern "C" __global__ void forest_backup(const ForestArgs a) {
-    const u64 b = tree_index();
-    if (b < a.trees) backup_tree(a, b);
-}
-
 // Keep the subtree under new_roots[b]: breadth-first copy into the tree's scratch arena (children
 // blocks stay contiguous, depths become relative to the new root), then copy back.
 extern "C" __global__ void forest_reroot(const ForestArgs a) {
@@ -494,11 +489,6 @@ __device__ __forceinline__ void toy_evaluate_tree(const ForestArgs& a, const u64
             if (d > a.toy_stats[b * 3 + 2]) a.toy_stats[b * 3 + 2] = d;
         }
     }
-}
-
-extern "C" __global__ void toy_evaluate(const ForestArgs a) {
-    const u64 b = tree_index();
-    if (b < a.trees) toy_evaluate_tree(a, b);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -68,9 +68,16 @@ struct Config {
     // Km: per-tree stride of the selection arrays
     km: u32,
     aux_lut: u32,
-    _pad0: u32,
-    _pad1: u32,
+    // step: K of the selection that follows the deferred phases, and the PH_* phases to run
+    k_select: u32,
+    phases: u32,
 }
+
+// step phases, run for each tree in this order (the order of one search step)
+const PH_TOY_EVAL: u32 = 1u;
+const PH_EXPAND: u32 = 2u;
+const PH_BACKUP: u32 = 4u;
+const PH_SELECT: u32 = 8u;
 
 const NONE: u32 = 0xffffffffu;
 const EXPANDED: u32 = 1u;
@@ -229,14 +236,8 @@ fn reset(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups)
 
 // cpu.rs `select_group` / `start` / `advance` for one tree: K descents in slot order, each adding
 // virtual loss along its path and marking its leaf PENDING before the next slot starts.
-@compute @workgroup_size(64)
-fn select(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let b = tree_index(gid, nwg);
-    if (b >= cfg.trees) {
-        return;
-    }
+fn select_tree(b: u32, k: u32) {
     let base = b * cfg.capacity;
-    let k = cfg.k;
     for (var slot = 0u; slot < k; slot++) {
         let i = b * cfg.km + slot;
         let pbase = cfg.sel_paths + i * cfg.stride;
@@ -296,14 +297,17 @@ fn select(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
     }
 }
 
+@compute @workgroup_size(64)
+fn select(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let b = tree_index(gid, nwg);
+    if (b < cfg.trees) {
+        select_tree(b, cfg.k);
+    }
+}
+
 // cpu.rs `expand_tree`: all-or-nothing per tree; a failing tree keeps its nodes and records a
 // sticky status.
-@compute @workgroup_size(64)
-fn expand(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let b = tree_index(gid, nwg);
-    if (b >= cfg.trees) {
-        return;
-    }
+fn expand_tree(b: u32) {
     let base = b * cfg.capacity;
     let k = cfg.k;
     let a = cfg.max_children;
@@ -377,13 +381,16 @@ fn expand(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
     trees[T_N_NODES * cfg.trees + b] = n_nodes;
 }
 
-// cpu.rs `backup_tree`: slots in order, path root first; removes the virtual loss and PENDING.
 @compute @workgroup_size(64)
-fn backup(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+fn expand(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let b = tree_index(gid, nwg);
-    if (b >= cfg.trees) {
-        return;
+    if (b < cfg.trees) {
+        expand_tree(b);
     }
+}
+
+// cpu.rs `backup_tree`: slots in order, path root first; removes the virtual loss and PENDING.
+fn backup_tree(b: u32) {
     let base = b * cfg.capacity;
     let k = cfg.k;
     for (var slot = 0u; slot < k; slot++) {
@@ -486,12 +493,7 @@ fn toy_value(state: u32) -> f32 {
 // cpu.rs `toy_evaluate` for one tree: each selected leaf's state and value, a staged expansion of
 // `branching` children with the toy priors (0 children if the leaf is expanded), a staged backup
 // of the leaf's value; `record` adds the leaves' depths to the statistics.
-@compute @workgroup_size(64)
-fn toy_evaluate(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let b = tree_index(gid, nwg);
-    if (b >= cfg.trees) {
-        return;
-    }
+fn toy_evaluate_tree(b: u32) {
     let base = b * cfg.capacity;
     let k = cfg.k;
     let a = cfg.max_children;
@@ -790,4 +792,27 @@ fn toy_sin(x: f32) -> f32 {
         out = round_f32(mul64(vec2<u32>(un.x, un.y), p), -125 - i32(lz));
     }
     return bitcast<f32>(out | (sgn ^ neg));
+}
+
+// One dispatch per search step: the phases the host deferred (toy evaluation, staged expansion,
+// backup, each with K = cfg.k) and then the next selection (K = cfg.k_select), tree by tree.
+// Trees are independent, so this gives what the separate dispatches give.
+@compute @workgroup_size(64)
+fn step(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let b = tree_index(gid, nwg);
+    if (b >= cfg.trees) {
+        return;
+    }
+    if ((cfg.phases & PH_TOY_EVAL) != 0u) {
+        toy_evaluate_tree(b);
+    }
+    if ((cfg.phases & PH_EXPAND) != 0u) {
+        expand_tree(b);
+    }
+    if ((cfg.phases & PH_BACKUP) != 0u) {
+        backup_tree(b);
+    }
+    if ((cfg.phases & PH_SELECT) != 0u) {
+        select_tree(b, cfg.k_select);
+    }
 }

@@ -95,22 +95,18 @@ pub enum Kernel {
     Reset,
     Select,
     Expand,
-    Backup,
     Reroot,
     ToyReset,
-    ToyEvaluate,
     Step,
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 8] = [
+    pub const ALL: [Kernel; 6] = [
         Kernel::Reset,
         Kernel::Select,
         Kernel::Expand,
-        Kernel::Backup,
         Kernel::Reroot,
         Kernel::ToyReset,
-        Kernel::ToyEvaluate,
         Kernel::Step,
     ];
 
@@ -120,10 +116,8 @@ impl Kernel {
             Kernel::Reset => "forest_reset",
             Kernel::Select => "forest_select",
             Kernel::Expand => "forest_expand",
-            Kernel::Backup => "forest_backup",
             Kernel::Reroot => "forest_reroot",
             Kernel::ToyReset => "toy_reset",
-            Kernel::ToyEvaluate => "toy_evaluate",
             Kernel::Step => "forest_step",
         }
     }

@@ -157,7 +157,10 @@ struct Params {
     km: u32,
     /// Word offset of the parent-term table in `aux`.
     aux_lut: u32,
-    _pad: [u32; 2],
+    /// `step`: K of the selection run after the deferred phases.
+    k_select: u32,
+    /// `step`: the phases to run ([`phase`] bits).
+    phases: u32,
 }
 
 /// Sizes (in u32 words unless said) of the packed buffers. Per-slot regions are sized for
@@ -266,10 +269,28 @@ struct Pipelines {
     reset: wgpu::ComputePipeline,
     select: wgpu::ComputePipeline,
     expand: wgpu::ComputePipeline,
-    backup: wgpu::ComputePipeline,
     reroot: wgpu::ComputePipeline,
     toy_reset: wgpu::ComputePipeline,
-    toy_evaluate: wgpu::ComputePipeline,
+    step: wgpu::ComputePipeline,
+}
+
+/// Phase bits of the `step` entry point (`PH_*` in forest.wgsl), run per tree in this order.
+mod phase {
+    pub const TOY_EVAL: u32 = 1;
+    pub const EXPAND: u32 = 2;
+    pub const BACKUP: u32 = 4;
+    pub const SELECT: u32 = 8;
+}
+
+/// Phases accepted but not dispatched yet: they run in the same dispatch as the next `select`
+/// (entry point `step`), or on their own at the next read, sync or host-input phase.
+#[derive(Clone, Copy, Debug, Default)]
+struct Deferred {
+    /// K of the deferred phases.
+    k: u32,
+    /// Toy: record depth statistics.
+    record: u32,
+    phases: u32,
 }
 
 /// The forest's device buffers (shapes in the shader's header).
@@ -314,6 +335,7 @@ pub struct WgpuForest {
     /// Workgroups in x and y of a one-thread-per-tree dispatch.
     grid: (u32, u32),
     toy_ready: bool,
+    deferred: Option<Deferred>,
     error: ErrorSlot,
 }
 
@@ -472,10 +494,9 @@ impl WgpuForest {
             reset: pipeline("reset"),
             select: pipeline("select"),
             expand: pipeline("expand"),
-            backup: pipeline("backup"),
             reroot: pipeline("reroot"),
             toy_reset: pipeline("toy_reset"),
-            toy_evaluate: pipeline("toy_evaluate"),
+            step: pipeline("step"),
         };
         let bind_group = make_bind_group(&device, &bind_layout, &bufs);
         let validation = pollster::block_on(scope_v.pop());
@@ -514,7 +535,8 @@ impl WgpuForest {
             aux_priors: cfg.trees as u32,
             km: cfg.max_leaves as u32,
             aux_lut: layout.aux_lut() as u32,
-            _pad: [0; 2],
+            k_select: 0,
+            phases: 0,
         };
         queue.write_buffer(&bufs.params, 0, bytemuck::bytes_of(&params));
         let lut: Vec<f32> = (0..PARENT_LUT)
@@ -543,6 +565,7 @@ impl WgpuForest {
             params,
             grid: (gx as u32, gy as u32),
             toy_ready: false,
+            deferred: None,
             error,
         };
         forest.check()?;
@@ -661,6 +684,39 @@ impl WgpuForest {
             ..self.params
         };
         self.set_params(p);
+    }
+
+    /// Add a phase to the deferred dispatch.
+    fn defer(&mut self, k: usize, bit: u32, record: Option<bool>) {
+        let d = self.deferred.get_or_insert(Deferred {
+            k: k as u32,
+            ..Deferred::default()
+        });
+        d.phases |= bit;
+        if let Some(r) = record {
+            d.record = r as u32;
+        }
+    }
+
+    /// Dispatch the deferred phases, followed by a selection of `select` leaves if given.
+    fn dispatch_step(&mut self, d: Deferred, select: Option<usize>) -> Result<(), ForestError> {
+        let p = Params {
+            k: d.k,
+            record: d.record,
+            k_select: select.unwrap_or(0) as u32,
+            phases: d.phases | if select.is_some() { phase::SELECT } else { 0 },
+            ..self.params
+        };
+        self.set_params(p);
+        self.dispatch(&self.pipelines.step, "step")
+    }
+
+    /// Dispatch the deferred phases now (alone).
+    fn flush(&mut self) -> Result<(), ForestError> {
+        match self.deferred.take() {
+            Some(d) => self.dispatch_step(d, None),
+            None => Ok(()),
+        }
     }
 
     /// Record one one-thread-per-tree dispatch of `pipeline` and submit it without waiting.
@@ -871,6 +927,8 @@ impl ForestBackend for WgpuForest {
 
     fn reset(&mut self, root_values: &[f32], root_visits: u32) -> Result<(), ForestError> {
         self.check()?;
+        // Deferred work is moot: every tree restarts (as on the CPU backend).
+        self.deferred = None;
         self.write(&self.bufs.aux, 0, root_values);
         let p = Params {
             root_visits,
@@ -882,11 +940,18 @@ impl ForestBackend for WgpuForest {
 
     fn select(&mut self, k: usize) -> Result<(), ForestError> {
         self.check()?;
-        self.with_k(k);
-        self.dispatch(&self.pipelines.select, "select")
+        match self.deferred.take() {
+            // One dispatch for the whole step: the deferred phases, then this selection.
+            Some(d) => self.dispatch_step(d, Some(k)),
+            None => {
+                self.with_k(k);
+                self.dispatch(&self.pipelines.select, "select")
+            }
+        }
     }
 
     fn selection(&mut self, k: usize) -> Result<Selection, ForestError> {
+        self.flush()?;
         let (b, st) = (self.cfg.trees, self.layout.stride as usize);
         let km = self.cfg.max_leaves;
         let n = self.layout.slots;
@@ -902,10 +967,14 @@ impl ForestBackend for WgpuForest {
 
     fn expand(&mut self, input: Input<'_, Expansion>, k: usize) -> Result<(), ForestError> {
         self.check()?;
-        self.with_k(k);
         match input {
-            Input::Staged => self.dispatch(&self.pipelines.expand, "expand"),
+            Input::Staged => {
+                self.defer(k, phase::EXPAND, None);
+                Ok(())
+            }
             Input::Host(e) => {
+                self.flush()?;
+                self.with_k(k);
                 let l = self.layout;
                 let exp = &self.bufs.exp;
                 self.write(exp, 0, &e.counts);
@@ -921,17 +990,19 @@ impl ForestBackend for WgpuForest {
 
     fn backup(&mut self, input: Input<'_, Backup>, k: usize) -> Result<(), ForestError> {
         self.check()?;
-        self.with_k(k);
         if let Input::Host(bk) = input {
             let mask: Vec<u32> = bk.mask.iter().map(|&m| m as u32).collect();
             self.write(&self.bufs.bk, 0, &bk.values);
             self.write(&self.bufs.bk, self.layout.bk_mask(), &mask);
         }
-        self.dispatch(&self.pipelines.backup, "backup")
+        // Deferred to the next dispatch (a backup cannot fail once the front end checked it).
+        self.defer(k, phase::BACKUP, None);
+        Ok(())
     }
 
     fn reroot(&mut self, new_roots: &[u32]) -> Result<(), ForestError> {
         self.check()?;
+        self.flush()?;
         if self.bufs.scratch.is_none() {
             self.allocate(Lazy::Scratch)?;
         }
@@ -941,6 +1012,7 @@ impl ForestBackend for WgpuForest {
     }
 
     fn read_back(&mut self) -> Result<ForestSnapshot, ForestError> {
+        self.flush()?;
         let b = self.cfg.trees as u64;
         let out = self.read_with_status(&[
             (&self.bufs.trees, 0, 4 * b),
@@ -955,6 +1027,7 @@ impl ForestBackend for WgpuForest {
     }
 
     fn sync(&mut self) -> Result<(), ForestError> {
+        self.flush()?;
         self.read_with_status(&[]).map(|_| ())
     }
 
@@ -971,6 +1044,7 @@ impl ForestBackend for WgpuForest {
                 self.cfg.max_children
             )));
         }
+        self.flush()?;
         if self.bufs.toy_state.is_none() {
             self.allocate(Lazy::ToyState)?;
         }
@@ -991,16 +1065,12 @@ impl ForestBackend for WgpuForest {
                 "toy_evaluate before toy_reset".into(),
             ));
         }
-        let p = Params {
-            k: k as u32,
-            record: record as u32,
-            ..self.params
-        };
-        self.set_params(p);
-        self.dispatch(&self.pipelines.toy_evaluate, "toy_evaluate")
+        self.defer(k, phase::TOY_EVAL, Some(record));
+        Ok(())
     }
 
     fn toy_stats(&mut self) -> Result<ToyStats, ForestError> {
+        self.flush()?;
         let b = self.cfg.trees as u64;
         let out = self.read(&[(&self.bufs.trees, 4 * ROW_TOY * b, 4 * 5 * b)], false)?;
         let w = &out[0];
