@@ -2,7 +2,7 @@
 //! the LLM search uses: per simulation step one `select` for all trees, the evaluator for all
 //! leaves, one `expand` and one `backup` for all trees.
 //!
-//! Mapping of toy_forest.c onto the forest: the toy's edge (node, a) statistics n[a], w[a] are the
+//! Mapping of toy_forest.c onto the forest: the toy's edge (node, a) statistics `n[a]`, `w[a]` are the
 //! visits and value sum of child `a` of `node`; "the child exists" is "the child has been
 //! evaluated (expanded)"; the toy's `nvis[node]` is the node's visit count, the root's starting at
 //! 1 (a setup step evaluates and expands every root before the timed simulations, as mctx's root
