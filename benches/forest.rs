@@ -9,15 +9,7 @@ use rstar_gpu::forest::{toy, BackendKind, Backup, Expansion, Forest, ForestConfi
 use std::time::Duration;
 
 fn config(trees: usize, sims: usize, rule: Rule) -> ForestConfig {
-    ForestConfig {
-        trees,
-        capacity: 1 + 8 * (sims + 1),
-        max_children: 8,
-        max_depth: 16,
-        max_leaves: 1,
-        rule,
-        virtual_loss: 1.0,
-    }
+    toy::config(trees, sims, rule, 1)
 }
 
 fn pool() -> &'static rayon::ThreadPool {

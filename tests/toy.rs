@@ -17,15 +17,7 @@ struct CRun {
 }
 
 fn cfg(trees: usize, sims: usize, rule: Rule) -> ForestConfig {
-    ForestConfig {
-        trees,
-        capacity: 1 + 8 * (sims + 1),
-        max_children: 8,
-        max_depth: 16,
-        max_leaves: 1,
-        rule,
-        virtual_loss: 1.0,
-    }
+    toy::config(trees, sims, rule, 1)
 }
 
 /// Reference numbers printed by toy_forest.c (checked into this test so it runs without a C

@@ -28,15 +28,7 @@ fn wgpu_forest(cfg: &ForestConfig) -> Option<Forest> {
 }
 
 fn toy_cfg(trees: usize, sims: usize, rule: Rule, k: usize) -> ForestConfig {
-    ForestConfig {
-        trees,
-        capacity: 1 + 8 * (sims + 1),
-        max_children: 8,
-        max_depth: 16,
-        max_leaves: k,
-        rule,
-        virtual_loss: 1.0,
-    }
+    toy::config(trees, sims, rule, k)
 }
 
 /// Identical selections, including the raw path records past each path's end (the device writes

@@ -92,7 +92,7 @@ fn forest_in_pool(a: ForestArgs) -> Result<()> {
     );
     let capacity = a
         .capacity
-        .unwrap_or_else(|| 1 + a.branching.saturating_mul(a.sims.saturating_add(1)));
+        .unwrap_or_else(|| toy::capacity(a.sims, a.branching));
     let cfg = ForestConfig {
         trees: a.trees,
         capacity,

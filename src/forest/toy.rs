@@ -13,7 +13,7 @@
 //! * value `v = 0.1·sin(state·1e-3)` in f32.
 
 use super::backend::{Input, ToyParams, ToyStats};
-use super::{Forest, ForestError, NONE};
+use super::{Forest, ForestConfig, ForestError, Rule, NONE};
 use serde::Serialize;
 use std::time::Instant;
 
@@ -39,6 +39,26 @@ pub fn child_state(parent_state: u32, action: u32) -> u32 {
 #[inline]
 pub fn value(state: u32) -> f32 {
     0.1f32 * (state as f32 * 1e-3f32).sin()
+}
+
+/// Node capacity that `sims` simulations with `branching` children per expansion need: the root,
+/// and one expansion per simulation plus the setup step.
+pub fn capacity(sims: usize, branching: usize) -> usize {
+    1 + branching.saturating_mul(sims.saturating_add(1))
+}
+
+/// The forest of the toy workload as toy_forest.c shapes it (A = 8, D = 16, virtual loss 1),
+/// with exactly the capacity it needs and up to `k` leaves per step.
+pub fn config(trees: usize, sims: usize, rule: Rule, k: usize) -> ForestConfig {
+    ForestConfig {
+        trees,
+        capacity: capacity(sims, 8),
+        max_children: 8,
+        max_depth: 16,
+        max_leaves: k,
+        rule,
+        virtual_loss: 1.0,
+    }
 }
 
 pub fn params(branching: usize) -> ToyParams {
@@ -83,8 +103,8 @@ pub fn run(
     if sims == 0 {
         return Err(ForestError::InvalidInput("sims must be at least 1".into()));
     }
-    let needed = 1 + branching as u128 * (sims as u128 + 1);
-    if (cfg.capacity as u128) < needed {
+    let needed = capacity(sims, branching);
+    if cfg.capacity < needed {
         return Err(ForestError::InvalidInput(format!(
             "capacity {} is too small for {sims} simulations with branching {branching}: need {needed}",
             cfg.capacity
