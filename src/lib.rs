@@ -9,7 +9,8 @@
 //! One search step for every tree at once — the loop the LLM search driver runs:
 //!
 //! ```
-//! use rstar_gpu::{Backup, BackendKind, Expansion, Forest, ForestConfig, Rule};
+//! use rstar_gpu::forest::{flags, ChildInit};
+//! use rstar_gpu::{Backup, BackendKind, Expansion, Forest, ForestConfig, Rule, NONE};
 //!
 //! let cfg = ForestConfig { trees: 2, capacity: 64, max_children: 3, max_leaves: 2, rule: Rule::RSTAR_UCT, ..ForestConfig::default() };
 //! let mut forest = Forest::new(cfg, BackendKind::Cpu)?;
@@ -17,13 +18,16 @@
 //!     forest.select(2)?;                        // up to K = 2 leaves per tree, virtual loss between them
 //!     let sel = forest.selection()?;            // leaves [B, K] and their paths, on the host
 //!     let mut children = Expansion::zeros(2, 2, 3);
-//!     for (slot, leaf) in sel.leaves.iter().enumerate() {
-//!         if *leaf != rstar_gpu::NONE {
-//!             children.counts[slot] = 3;        // e.g. three candidate steps from the policy
+//!     let mut values = Backup::none(4);
+//!     for (i, &leaf) in sel.leaves.iter().enumerate() {
+//!         if leaf != NONE {
+//!             // e.g. three candidate steps from the policy, scored by the PPM (one counted visit)
+//!             let step = ChildInit { value: 0.1, prior: 0.0, flags: flags::COUNT_INIT };
+//!             children.set(i, &[step; 3])?;
+//!             values.set(i, 0.5);               // e.g. an answer's reward, backed up the path
 //!         }
 //!     }
-//!     forest.expand(&children)?;                // fresh children start at their initial value
-//!     let values = Backup { values: vec![0.5; 4], mask: vec![1; 4] };
+//!     forest.expand(&children)?;
 //!     forest.backup(&values)?;                  // add the value along each path, drop virtual loss
 //! }
 //! let snap = forest.read_back()?;
@@ -34,6 +38,6 @@
 pub mod forest;
 
 pub use forest::{
-    BackendKind, Backup, Expansion, Forest, ForestBackend, ForestConfig, ForestError,
+    BackendKind, Backup, ChildInit, Expansion, Forest, ForestBackend, ForestConfig, ForestError,
     ForestSnapshot, Input, Node, NodeId, Rule, Selection, NONE,
 };

@@ -372,3 +372,39 @@ fn cli_reports_one_line_errors() {
         assert!(v.get(key).is_some(), "missing {key}");
     }
 }
+
+#[test]
+fn expansion_builder_checks_its_bounds() {
+    use rstar_gpu::forest::ChildInit;
+    let mut e = Expansion::zeros(2, 3, 4);
+    let c = ChildInit {
+        value: 0.5,
+        prior: 0.25,
+        flags: 0,
+    };
+    e.set(5, &[c; 4]).unwrap();
+    assert_eq!(
+        (e.counts[5], e.values[5 * 4 + 3], e.priors[5 * 4]),
+        (4, 0.5, 0.25)
+    );
+    assert!(e
+        .set(5, &[c; 5])
+        .unwrap_err()
+        .to_string()
+        .contains("at most 4"));
+    assert!(e
+        .set(6, &[c])
+        .unwrap_err()
+        .to_string()
+        .contains("out of range"));
+    let mut b = Backup::none(6);
+    b.set(2, -1.0);
+    assert_eq!(
+        (
+            b.values[2],
+            b.mask[2],
+            b.mask.iter().map(|&m| m as u32).sum::<u32>()
+        ),
+        (-1.0, 1, 1)
+    );
+}

@@ -375,7 +375,19 @@ pub struct Expansion {
     pub flags: Vec<u32>,
 }
 
+/// One new child, as given to [`Expansion::set`].
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ChildInit {
+    /// Initial value q0 (a PPM score, ±1 for an answer, 0 in terminal-guided search).
+    pub value: f32,
+    /// Prior (PUCT only).
+    pub prior: f32,
+    /// [`flags::TERMINAL`], [`flags::ANSWER`], [`flags::COUNT_INIT`].
+    pub flags: u32,
+}
+
 impl Expansion {
+    /// No children for any slot: `[B, K]` counts and `[B, K, A]` children, all zero.
     pub fn zeros(trees: usize, k: usize, max_children: usize) -> Expansion {
         Expansion {
             counts: vec![0; trees * k],
@@ -383,6 +395,35 @@ impl Expansion {
             priors: vec![0.0; trees * k * max_children],
             flags: vec![0; trees * k * max_children],
         }
+    }
+
+    /// Set the children of selection slot `i` (the flat index `tree * K + slot`, as in
+    /// [`Selection::leaves`]); more than A (max_children) children is an error.
+    pub fn set(&mut self, i: usize, children: &[ChildInit]) -> Result<(), ForestError> {
+        let a = self
+            .values
+            .len()
+            .checked_div(self.counts.len())
+            .unwrap_or(0);
+        if i >= self.counts.len() {
+            return Err(ForestError::InvalidInput(format!(
+                "slot index {i} is out of range: the expansion has {} slots",
+                self.counts.len()
+            )));
+        }
+        if children.len() > a {
+            return Err(ForestError::InvalidInput(format!(
+                "{} children for slot {i}: at most {a} (max_children)",
+                children.len()
+            )));
+        }
+        self.counts[i] = children.len() as u32;
+        for (j, c) in children.iter().enumerate() {
+            self.values[i * a + j] = c.value;
+            self.priors[i * a + j] = c.prior;
+            self.flags[i * a + j] = c.flags;
+        }
+        Ok(())
     }
 }
 
@@ -393,6 +434,22 @@ pub struct Backup {
     pub values: Vec<f32>,
     /// `[B, K]` 1 = add the value and one visit; 0 = only remove the virtual loss.
     pub mask: Vec<u8>,
+}
+
+impl Backup {
+    /// Nothing to add for any of `slots` (= B·K) slots: only the virtual loss is removed.
+    pub fn none(slots: usize) -> Backup {
+        Backup {
+            values: vec![0.0; slots],
+            mask: vec![0; slots],
+        }
+    }
+
+    /// Add `value` along the path of slot `i` (the flat index `tree * K + slot`).
+    pub fn set(&mut self, i: usize, value: f32) {
+        self.values[i] = value;
+        self.mask[i] = 1;
+    }
 }
 
 /// A host copy of the whole forest.
