@@ -176,7 +176,7 @@ fn run(path: &std::path::Path, kind: BackendKind) -> bool {
 }
 
 fn fixtures() -> Vec<std::path::PathBuf> {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden");
+    let dir = common::repo_path("tests/golden");
     let mut v: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())

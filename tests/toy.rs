@@ -87,7 +87,7 @@ fn cpu_matches_the_c_reference_on_more_shapes() {
     let dir = std::env::temp_dir().join(format!("rstar-toy-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let exe = dir.join("toy_forest");
-    let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/reference/toy_forest.c");
+    let src = common::repo_path("tests/reference/toy_forest.c");
     let built = Command::new("cc")
         .args(["-O2", "-o"])
         .arg(&exe)

@@ -21,6 +21,17 @@ pub const RULES: [Rule; 3] = [
     Rule::MCTX_PUCT,
 ];
 
+/// A file of the repository: under the crate root the test was built in, or, when the test
+/// binary was carried to another machine (a GPU box), under the current directory.
+pub fn repo_path(rel: &str) -> std::path::PathBuf {
+    let built = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(rel);
+    if built.exists() {
+        built
+    } else {
+        std::path::PathBuf::from(rel)
+    }
+}
+
 pub fn rng(seed: u64) -> ChaCha8Rng {
     ChaCha8Rng::seed_from_u64(seed)
 }
