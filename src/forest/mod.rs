@@ -11,9 +11,20 @@
 //!   `first_child .. first_child + n_children`, so all child statistics of a node are read together.
 //! * `n_nodes: [B]` u32 — bump pointer of each arena. Capacity `N` is fixed per forest and is
 //!   independent of the number of simulations; a full tree is an error, never an overwrite.
-//! * `leaves: [B, K]` u32, `path_len: [B, K]` u32, `paths: [B, K, D+1]` u32 — the last selection.
-//!   [`NONE`] marks a slot that found no leaf (tree exhausted, or a collision with a leaf another
-//!   slot of the same tree already holds).
+//! * `leaves: [B, KM]` u32, `path_len: [B, KM]` u32, `paths: [B, KM, D+1]` u32 — the last
+//!   selection, in rows of KM = `max_leaves` slots per tree of which the first K are used (so a
+//!   fused pass can write one tree's new selection while another still holds its last one);
+//!   [`Selection`] hands them out in rows of K. [`NONE`] marks a slot that found no leaf (tree
+//!   exhausted, or a collision with a leaf another slot of the same tree already holds).
+//!
+//! # Semantics worth knowing
+//! * A fresh child starts with `visits = 0` and scores its initial value under rStar UCT; with
+//!   [`flags::COUNT_INIT`] its initial value counts as one visit (rStar's `node.update(q0)`).
+//! * A leaf expanded with zero children is a dead end: the next descent through its parent finds
+//!   no open child there and marks it terminal.
+//! * Work the backends defer (the built-in evaluator's staged expansion, any backup) is applied in
+//!   the same pass or launch as the next `select`; per-tree errors it raises are reported at the
+//!   next read (`selection`, `read_back`) or `sync`. Host expansions report theirs at once.
 //!
 //! # Phases (each one batched over all trees)
 //! 1. `select(K)`: up to K leaves per tree, each found by descending from the root with the rule of
