@@ -102,7 +102,7 @@ fn forest_in_pool(a: ForestArgs) -> Result<()> {
         rule,
         virtual_loss: a.virtual_loss,
     };
-    tracing::info!(
+    tracing::debug!(
         backend = %kind, trees = a.trees, sims = a.sims, capacity,
         forest_mib = (cfg.forest_bytes() >> 20) as u64, "building forest"
     );
