@@ -36,6 +36,8 @@
 //! ```
 
 pub mod forest;
+pub mod grade;
+pub mod step;
 
 pub use forest::{
     BackendKind, Backup, ChildInit, Expansion, Forest, ForestBackend, ForestConfig, ForestError,

@@ -1,0 +1,1 @@
+//! Final-answer extraction and equivalence (being written).

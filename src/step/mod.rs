@@ -1,0 +1,1 @@
+//! Code-augmented CoT steps (being written).
