@@ -6,10 +6,12 @@
 //! node with one thread per tree, so both backends build identical trees (see the shader's
 //! header for the buffer layout it expects).
 //!
-//! * Tree state stays on the device. `select`, `expand` and `backup` with staged input, and
-//!   `toy_evaluate`, each record one dispatch and submit it without waiting; host inputs are
-//!   uploaded with `Queue::write_buffer` first. `selection`, `read_back`, `toy_stats` and `sync`
-//!   copy into staging buffers, map them and wait.
+//! * Tree state stays on the device. `select` records one dispatch and submits it without
+//!   waiting. The toy evaluation, a staged expansion and a backup are deferred and run in the same
+//!   dispatch as the next `select` (entry point `step`, tree by tree, as the CPU backend fuses
+//!   them): one dispatch per search step. Host inputs are uploaded with `Queue::write_buffer`
+//!   first. `selection`, `read_back`, `toy_stats` and `sync` dispatch whatever is still deferred,
+//!   then copy into staging buffers, map them and wait.
 //! * Per-tree status words (`super::status`) are sticky on the device; they are read and cleared
 //!   by `sync`, `selection` and `read_back`, and synchronously after a host expansion and after a
 //!   reroot, and turned into the error of the lowest failing tree by [`super::status_error`].
