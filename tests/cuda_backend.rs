@@ -5,6 +5,7 @@
 //! on a device-equipped machine, and never fail for the lack of one. The kernel logic itself is
 //! checked without a device by `tests/cuda_emu.rs`.
 
+mod common;
 #[path = "cuda_emu/harness.rs"]
 mod harness;
 

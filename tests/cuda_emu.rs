@@ -6,6 +6,7 @@
 //! reference without a GPU. What this cannot check — the driver, NVRTC's code generation, the
 //! device's `logf`/`sinf` — is covered by `tests/cuda_backend.rs` where a device exists.
 
+mod common;
 #[path = "cuda_emu/harness.rs"]
 mod harness;
 

@@ -397,26 +397,20 @@ impl<D: KernelDevice> KernelForest<D> {
     /// The staged expansion, allocated zeroed on first use like the CPU backend's: a staged
     /// expansion before any toy evaluation marks the leaves expanded with no children.
     fn staged_exp(&mut self) -> Result<ExpBufs, ForestError> {
-        match self.staged_exp {
-            Some(e) => Ok(e),
-            None => {
-                let e = self.alloc_exp()?;
-                self.staged_exp = Some(e);
-                Ok(e)
-            }
-        }
+        let bufs = match self.staged_exp {
+            Some(b) => b,
+            None => self.alloc_exp()?,
+        };
+        Ok(*self.staged_exp.get_or_insert(bufs))
     }
 
     /// The staged backup (zeroed: adds no value until something is staged).
     fn staged_bk(&mut self) -> Result<BkBufs, ForestError> {
-        match self.staged_bk {
-            Some(b) => Ok(b),
-            None => {
-                let b = self.alloc_bk()?;
-                self.staged_bk = Some(b);
-                Ok(b)
-            }
-        }
+        let bufs = match self.staged_bk {
+            Some(b) => b,
+            None => self.alloc_bk()?,
+        };
+        Ok(*self.staged_bk.get_or_insert(bufs))
     }
 
     /// The shape, rule and always-present arrays; each phase adds its inputs.
@@ -593,12 +587,9 @@ impl<D: KernelDevice> ForestBackend for KernelForest<D> {
                 }
                 let bufs = match self.host_exp {
                     Some(b) => b,
-                    None => {
-                        let b = self.alloc_exp()?;
-                        self.host_exp = Some(b);
-                        b
-                    }
+                    None => self.alloc_exp()?,
                 };
+                self.host_exp = Some(bufs);
                 self.upload(bufs.counts, &e.counts)?;
                 self.upload(bufs.values, &e.values)?;
                 self.upload(bufs.priors, &e.priors)?;
@@ -627,12 +618,9 @@ impl<D: KernelDevice> ForestBackend for KernelForest<D> {
             self.check_input("backup mask", bk.mask.len(), max)?;
             let bufs = match self.host_bk {
                 Some(b) => b,
-                None => {
-                    let b = self.alloc_bk()?;
-                    self.host_bk = Some(b);
-                    b
-                }
+                None => self.alloc_bk()?,
             };
+            self.host_bk = Some(bufs);
             // The kernels read the mask as u32 (no byte loads, same shape as the values).
             let mask: Vec<u32> = bk.mask.iter().map(|&m| u32::from(m != 0)).collect();
             self.upload(bufs.values, &bk.values)?;

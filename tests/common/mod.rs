@@ -95,7 +95,8 @@ pub fn assert_same_selection(want: &Selection, got: &Selection, ctx: &str) {
     }
 }
 
-fn close(a: f32, b: f32) -> bool {
+/// Floats equal within 1e-5 relative (absolute below 1).
+pub fn close(a: f32, b: f32) -> bool {
     a == b || (a - b).abs() <= 1e-5 * a.abs().max(b.abs()).max(1.0)
 }
 

@@ -3,13 +3,12 @@
 //! and the toy workload driven through the `ForestBackend` trait.
 #![allow(dead_code)]
 
+use crate::common::{close, random_expansion};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rstar_gpu::forest::backend::{ForestBackend, Input};
 use rstar_gpu::forest::cpu::CpuForest;
-use rstar_gpu::forest::{
-    flags, toy, Backup, Expansion, ForestConfig, ForestError, ForestSnapshot, Rule, NONE,
-};
+use rstar_gpu::forest::{toy, Backup, ForestConfig, ForestError, ForestSnapshot, Rule, NONE};
 use std::collections::BTreeMap;
 
 /// What a differential run exercised (printed by the tests, so coverage is visible).
@@ -72,10 +71,6 @@ pub fn random_config(rng: &mut ChaCha8Rng) -> ForestConfig {
     }
 }
 
-fn close(a: f32, b: f32) -> bool {
-    a == b || (a - b).abs() <= 1e-5 * a.abs().max(b.abs()).max(1.0)
-}
-
 /// Node arrays equal: integer fields exactly, floats within 1e-5 relative. The whole `[B, N]`
 /// arrays are compared, stale slots beyond `n_nodes` included (the backends must write the same
 /// slots).
@@ -130,52 +125,6 @@ fn compare_snapshots(
         .unwrap_or_else(|e| panic!("{ctx}: read_back: {e}"));
     assert_same_forest(&want, &got, ctx, stats);
     want
-}
-
-/// A host expansion for the current selection: mostly valid, sometimes children for an empty
-/// slot or an already expanded leaf (InvalidExpand), sometimes more than the tree can hold.
-fn random_expansion(
-    rng: &mut ChaCha8Rng,
-    cfg: &ForestConfig,
-    k: usize,
-    leaves: &[u32],
-    snap: &ForestSnapshot,
-) -> Expansion {
-    let a = cfg.max_children;
-    let mut e = Expansion::zeros(cfg.trees, k, a);
-    for (i, &leaf) in leaves.iter().enumerate() {
-        let b = i / k;
-        let expanded = leaf != NONE && snap.node(b, leaf).is(flags::EXPANDED);
-        let invalid = rng.random_bool(0.03);
-        e.counts[i] = if leaf == NONE || expanded {
-            if invalid {
-                rng.random_range(1..=a as u32)
-            } else {
-                0
-            }
-        } else if rng.random_bool(0.15) {
-            0 // a dead end: expanded with no children
-        } else {
-            rng.random_range(1..=a as u32)
-        };
-        for j in 0..a {
-            let x = i * a + j;
-            e.values[x] = rng.random_range(-1.0f32..=1.0);
-            e.priors[x] = rng.random_range(0.0f32..=1.0);
-            let mut f = 0;
-            if rng.random_bool(0.15) {
-                f |= flags::TERMINAL;
-            }
-            if rng.random_bool(0.1) {
-                f |= flags::ANSWER;
-            }
-            if rng.random_bool(0.3) {
-                f |= flags::COUNT_INIT;
-            }
-            e.flags[x] = f;
-        }
-    }
-    e
 }
 
 /// One random case: a random forest shape and rule, then rounds of select / expand (host or
@@ -246,7 +195,7 @@ pub fn run_case(
             r => {
                 if r != 9 {
                     // Host expansion (round kind 9: backup without expanding).
-                    let e = random_expansion(&mut rng, &cfg, k, &want.leaves, &snap);
+                    let e = random_expansion(&mut rng, &cfg, &want, &snap, 0.03);
                     let rc = cpu.expand(Input::Host(&e), k);
                     let ro = other.expand(Input::Host(&e), k);
                     assert_eq!(rc, ro, "{ctx}: host expand");
@@ -308,16 +257,7 @@ pub struct ToySummary {
 
 /// The forest configuration `rstar-gpu bench forest` builds for the toy workload.
 pub fn toy_config(trees: usize, sims: usize, rule: Rule, k: usize) -> ForestConfig {
-    let branching = 8;
-    ForestConfig {
-        trees,
-        capacity: 1 + branching * (sims + 1),
-        max_children: branching,
-        max_depth: 16,
-        max_leaves: k,
-        rule,
-        virtual_loss: 1.0,
-    }
+    toy::config(trees, sims, rule, k)
 }
 
 /// `toy::run` (one repetition) through the backend trait: `toy::run` needs a `Forest`, which
