@@ -35,6 +35,7 @@
 //! # Ok::<(), rstar_gpu::ForestError>(())
 //! ```
 
+pub mod exec;
 pub mod forest;
 pub mod grade;
 pub mod step;

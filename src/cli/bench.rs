@@ -11,6 +11,49 @@ pub enum BenchCommand {
     /// or UCT selection, a near-free evaluator; prints sims/s and the checksums that must equal
     /// toy_forest.c's for the same arguments.
     Forest(ForestArgs),
+    /// The executor: our sandboxed incremental executor against an rStar-style baseline (a pool
+    /// of 2 workers re-running every ancestor's code in-process, unsandboxed) on the same
+    /// generated trajectories, one round per depth; prints steps/s of both and the speedup.
+    Exec(ExecBenchArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ExecBenchArgs {
+    /// What each step computes.
+    #[arg(long, value_enum, default_value_t = WorkloadArg::Trivial)]
+    workload: WorkloadArg,
+    /// Steps per path.
+    #[arg(long, default_value_t = 8)]
+    depth: usize,
+    /// Paths (trajectories) executed side by side.
+    #[arg(long, default_value_t = 64)]
+    paths: usize,
+    /// Our executor's worker processes (default: the number of cores).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Snippets running at once per worker.
+    #[arg(long, default_value_t = 2)]
+    max_running: usize,
+    /// The baseline's pool size (rStar's setting in this comparison: 2).
+    #[arg(long, default_value_t = 2)]
+    baseline_workers: usize,
+    /// Repetitions; the fastest of each is reported.
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+    /// Seed of the generated trajectories.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Print exactly one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum WorkloadArg {
+    /// 2–3 arithmetic lines per step.
+    Trivial,
+    /// As trivial, plus sympy `solve`/`simplify` in one step of four.
+    Sympy,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -66,7 +109,86 @@ pub struct ForestArgs {
 pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Forest(a) => forest(a),
+        BenchCommand::Exec(a) => exec(a),
     }
+}
+
+fn exec(a: ExecBenchArgs) -> Result<()> {
+    use rstar_gpu::exec::{bench, ExecConfig, ExecPool};
+    anyhow::ensure!(a.depth >= 1 && a.paths >= 1, "--depth and --paths must be at least 1");
+    anyhow::ensure!(a.reps >= 1, "--reps must be at least 1");
+    let workload = match a.workload {
+        WorkloadArg::Trivial => bench::Workload::Trivial,
+        WorkloadArg::Sympy => bench::Workload::Sympy,
+    };
+    let mut cfg = ExecConfig {
+        max_running: a.max_running,
+        ..ExecConfig::default()
+    };
+    if let Some(w) = a.workers {
+        cfg.workers = w;
+    }
+    let trajs = bench::trajectories(workload, a.depth, a.paths, a.seed);
+    let steps = a.depth * a.paths;
+    tracing::info!(steps, workers = cfg.workers, "starting the executor");
+    let mut pool = ExecPool::new(cfg).context("starting the executor")?;
+    let python = rstar_gpu::grade::python_interpreter()
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .context("finding the Python interpreter")?;
+    let (mut best, mut best_base) = (f64::INFINITY, f64::INFINITY);
+    let mut bad = 0;
+    let mut failed = 0;
+    for rep in 0..a.reps {
+        let (secs, rounds) = bench::run_ours(&mut pool, &trajs);
+        failed = rounds.iter().flatten().filter(|r| !r.ok).count();
+        if let Some(r) = rounds.iter().flatten().find(|r| !r.ok) {
+            tracing::warn!(id = %r.id, error = ?r.error, "a benchmark step failed");
+        }
+        let base = bench::run_baseline(&python, &trajs, a.baseline_workers)
+            .map_err(|e| anyhow::anyhow!(e))
+            .context("running the rStar-style baseline")?;
+        bad = bench::mismatches(&rounds, &base);
+        tracing::info!(
+            rep,
+            ours_steps_per_sec = (steps as f64 / secs).round(),
+            baseline_steps_per_sec = (steps as f64 / base.seconds).round(),
+            "repetition done"
+        );
+        best = best.min(secs);
+        best_base = best_base.min(base.seconds);
+    }
+    let ours = steps as f64 / best;
+    let theirs = steps as f64 / best_base;
+    let out = json!({
+        "bench": "exec",
+        "workload": format!("{:?}", workload).to_lowercase(),
+        "depth": a.depth,
+        "paths": a.paths,
+        "steps": steps,
+        "steps_per_sec": ours.round(),
+        "baseline_steps_per_sec": theirs.round(),
+        "speedup": (ours / theirs * 1000.0).round() / 1000.0,
+        "seconds": (best * 1e4).round() / 1e4,
+        "baseline_seconds": (best_base * 1e4).round() / 1e4,
+        "workers": pool.config().workers,
+        "max_running": pool.config().max_running,
+        "baseline_workers": a.baseline_workers,
+        "failed_steps": failed,
+        "output_mismatches": bad,
+        "python": pool.python_version(),
+        "sandbox": pool.sandbox(),
+    });
+    if a.json {
+        println!("{out}");
+    } else {
+        println!("exec bench: {} workload, {} paths x depth {}", out["workload"].as_str().unwrap_or(""), a.paths, a.depth);
+        println!("  ours      {:>8.0} steps/s ({} workers, sandboxed, incremental)", ours, pool.config().workers);
+        println!("  baseline  {:>8.0} steps/s (rStar-style: {} workers re-running ancestors)", theirs, a.baseline_workers);
+        println!("  speedup   {:.2}x", ours / theirs);
+        println!("  failed steps {failed}, output mismatches {bad}");
+    }
+    anyhow::ensure!(bad == 0, "{bad} steps' outputs differ between our executor and the baseline");
+    Ok(())
 }
 
 fn forest(a: ForestArgs) -> Result<()> {

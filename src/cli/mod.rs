@@ -2,6 +2,7 @@
 //! non-zero exit; `--json` output is exactly one JSON object on stdout; logs go to stderr.
 
 mod bench;
+mod exec;
 
 use clap::{Parser, Subcommand};
 
@@ -28,6 +29,8 @@ enum Command {
     /// Measure throughput of a component (forest kernels, ...).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Run Python snippets (JSONL in, JSONL out) in the sandboxed incremental executor.
+    Exec(exec::ExecArgs),
 }
 
 pub fn main() -> i32 {
@@ -35,6 +38,7 @@ pub fn main() -> i32 {
     init_tracing(cli.verbose);
     let result = match cli.command {
         Command::Bench(b) => bench::run(b),
+        Command::Exec(a) => exec::run(a),
     };
     match result {
         Ok(()) => 0,
