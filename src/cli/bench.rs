@@ -115,7 +115,10 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
 
 fn exec(a: ExecBenchArgs) -> Result<()> {
     use rstar_gpu::exec::{bench, ExecConfig, ExecPool};
-    anyhow::ensure!(a.depth >= 1 && a.paths >= 1, "--depth and --paths must be at least 1");
+    anyhow::ensure!(
+        a.depth >= 1 && a.paths >= 1,
+        "--depth and --paths must be at least 1"
+    );
     anyhow::ensure!(a.reps >= 1, "--reps must be at least 1");
     let workload = match a.workload {
         WorkloadArg::Trivial => bench::Workload::Trivial,
@@ -181,13 +184,28 @@ fn exec(a: ExecBenchArgs) -> Result<()> {
     if a.json {
         println!("{out}");
     } else {
-        println!("exec bench: {} workload, {} paths x depth {}", out["workload"].as_str().unwrap_or(""), a.paths, a.depth);
-        println!("  ours      {:>8.0} steps/s ({} workers, sandboxed, incremental)", ours, pool.config().workers);
-        println!("  baseline  {:>8.0} steps/s (rStar-style: {} workers re-running ancestors)", theirs, a.baseline_workers);
+        println!(
+            "exec bench: {} workload, {} paths x depth {}",
+            out["workload"].as_str().unwrap_or(""),
+            a.paths,
+            a.depth
+        );
+        println!(
+            "  ours      {:>8.0} steps/s ({} workers, sandboxed, incremental)",
+            ours,
+            pool.config().workers
+        );
+        println!(
+            "  baseline  {:>8.0} steps/s (rStar-style: {} workers re-running ancestors)",
+            theirs, a.baseline_workers
+        );
         println!("  speedup   {:.2}x", ours / theirs);
         println!("  failed steps {failed}, output mismatches {bad}");
     }
-    anyhow::ensure!(bad == 0, "{bad} steps' outputs differ between our executor and the baseline");
+    anyhow::ensure!(
+        bad == 0,
+        "{bad} steps' outputs differ between our executor and the baseline"
+    );
     Ok(())
 }
 

@@ -11,14 +11,16 @@ use rstar_gpu::exec::{ExecConfig, ExecPool, Keep, Snippet};
 use serde_json::Value;
 
 #[derive(Args, Debug)]
-#[command(long_about = "Reads JSONL snippets {\"id\": str, \"code\": str, \"parent\": str|null} and writes one \
+#[command(
+    long_about = "Reads JSONL snippets {\"id\": str, \"code\": str, \"parent\": str|null} and writes one \
     JSONL result per snippet, in input order: {\"id\", \"ok\", \"stdout\", \"error\", \"elapsed_ms\"}.\n\n\
     A snippet with a parent continues from the interpreter state its parent left (the parent must be an \
     earlier line). Failing snippets are results (ok: false), not errors. A malformed line stops the \
     reading: the results of the lines before it are written, then the error names the line.\n\n\
     Each snippet runs sandboxed: wall/CPU/memory/file-size limits, no new processes, no signals, no \
     network, writes only in a scratch directory, a scrubbed environment. `-v` logs which layers this \
-    machine granted.")]
+    machine granted."
+)]
 pub struct ExecArgs {
     /// JSONL input file; `-` (the default) reads stdin.
     #[arg(default_value = "-")]

@@ -105,8 +105,12 @@ pub fn run_ours(pool: &mut ExecPool, trajs: &[Vec<String>]) -> (f64, Vec<Vec<Exe
                 } else {
                     Keep::No
                 };
-                Snippet::new(format!("{tag}-{p}-{d}"), steps[d].clone(), parent.as_deref())
-                    .keep(keep)
+                Snippet::new(
+                    format!("{tag}-{p}-{d}"),
+                    steps[d].clone(),
+                    parent.as_deref(),
+                )
+                .keep(keep)
             })
             .collect();
         rounds.push(pool.run_batch(&batch));

@@ -125,7 +125,9 @@ mod tests {
 
     #[test]
     fn truncation_keeps_halves() {
-        let s: String = (0..2000).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+        let s: String = (0..2000)
+            .map(|i| char::from(b'a' + (i % 26) as u8))
+            .collect();
         let t = truncate(&s, 1024);
         assert_eq!(t.chars().count(), 1024 + 3);
         assert!(t.starts_with(&s[..512]));

@@ -216,6 +216,7 @@ impl ExecPool {
         batch: &[Snippet],
         progress: &mut dyn FnMut(usize),
     ) -> Vec<ExecResult> {
+        self.poll_events();
         let mut results: Vec<Option<ExecResult>> = vec![None; batch.len()];
         let mut slot_of: HashMap<u64, usize> = HashMap::new();
         let mut owner: HashMap<u64, usize> = HashMap::new();
@@ -295,9 +296,13 @@ impl ExecPool {
                     progress(done);
                 }
                 Err(RecvTimeoutError::Timeout) => {
-                    for w in 0..self.workers.len() {
-                        let busy = owner.values().any(|&o| o == w);
-                        if busy && last_heard[w].elapsed() > WATCHDOG {
+                    let hung: Vec<usize> = (0..self.workers.len())
+                        .filter(|&w| {
+                            owner.values().any(|&o| o == w) && last_heard[w].elapsed() > WATCHDOG
+                        })
+                        .collect();
+                    for w in hung {
+                        {
                             done += self.fail_worker(
                                 w,
                                 "the executor worker stopped responding",
@@ -319,6 +324,31 @@ impl ExecPool {
             .zip(batch)
             .map(|(r, s)| r.unwrap_or_else(|| failed(&s.id, "no result from the executor".into())))
             .collect()
+    }
+
+    /// Handles what happened between batches: a worker that died is restarted now, so that
+    /// children of its snippets are routed with a replay chain instead of to a dead pipe.
+    fn poll_events(&mut self) {
+        while let Ok(ev) = self.rx.try_recv() {
+            if let Event::Dead { worker, gen } = ev {
+                if gen == self.workers[worker].gen {
+                    let mut none = HashMap::new();
+                    self.fail_worker(
+                        worker,
+                        "the executor worker process died",
+                        &[],
+                        &mut none,
+                        &mut HashMap::new(),
+                        &mut [],
+                    );
+                }
+            }
+        }
+    }
+
+    /// The worker server processes' pids (for diagnostics and tests).
+    pub fn worker_pids(&self) -> Vec<u32> {
+        self.workers.iter().map(Worker::pid).collect()
     }
 
     /// Frees kept states and forgets the snippets (their ids may be reused).

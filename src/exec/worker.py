@@ -418,6 +418,11 @@ def run_snippet(chan, msg, ns, cpu_before):
     t0 = _perf()
     ok, error = run_code(msg["code"], ns)
     ms = (_perf() - t0) * 1000.0
+    try:
+        sys.stdout.flush()
+    except BaseException as e:  # noqa: BLE001 - e.g. the code closed fd 1
+        if ok:
+            ok, error = False, "cannot write the output: %s: %s" % (type(e).__name__, e)
     flush_streams()
     _dup2(0, 1)  # the output pipe's last writer goes away: the server sees EOF
     _dup2(0, 2)
@@ -426,6 +431,15 @@ def run_snippet(chan, msg, ns, cpu_before):
         zygote_limits()
         return True
     return False
+
+
+def report_exit(chan, rid, pid, status):
+    # Best effort: the server may already have closed this channel (it hands the process to an
+    # in-place child and stops listening here); a lost report must not end the zygote.
+    try:
+        send_frame(chan, {"op": "exit", "rid": rid, "pid": pid, "status": status})
+    except OSError:
+        pass
 
 
 def zygote(chan, ns, children):
@@ -442,7 +456,7 @@ def zygote(chan, ns, children):
                 done, status = _waitpid(pid, os.WNOHANG)
                 if done:
                     del children[fd]
-                    send_frame(chan, {"op": "exit", "rid": rid, "pid": pid, "status": status})
+                    report_exit(chan, rid, pid, status)
         for fd in ready:
             if fd is chan:
                 msg, fds = recv_frame(chan)
@@ -454,6 +468,7 @@ def zygote(chan, ns, children):
                     continue
                 if msg.get("inplace"):
                     try:
+                        chan.detach()  # the old object must not close fd 3 once it is replaced
                         _dup2(fds[0], 3)
                         _dup2(fds[1], 4)
                         for f in fds:
@@ -480,7 +495,7 @@ def zygote(chan, ns, children):
                     _, status = _waitpid(pid, 0)
                 except ChildProcessError:
                     continue
-                send_frame(chan, {"op": "exit", "rid": rid, "pid": pid, "status": status})
+                report_exit(chan, rid, pid, status)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -489,14 +504,14 @@ def zygote(chan, ns, children):
 class Rec:
     """A snippet the server knows: how to rebuild its state, and where that state lives."""
     __slots__ = ("rid", "parent", "code", "chain", "keep", "timeout_ms", "status", "has_state",
-                 "error", "zyg", "waiting", "released")
+                 "error", "cause", "zyg", "waiting", "released")
 
     def __init__(self, m):
         self.rid, self.parent, self.code = m["rid"], m.get("parent"), m["code"]
         self.chain = m.get("chain") or []
         self.keep = int(m.get("keep", 0))  # children still to come; <0: until released
         self.timeout_ms = int(m.get("timeout_ms", 2000))
-        self.status, self.has_state, self.error = "pending", False, None
+        self.status, self.has_state, self.error, self.cause = "pending", False, None, None
         self.zyg, self.waiting, self.released = None, [], False
 
 
@@ -558,6 +573,7 @@ class Server:
         self.scratch = {}    # rid -> its scratch directory while it runs
         self.sel = selectors.DefaultSelector()
         self.inbuf = b""
+        self.outbuf = []
         self.counter = 0
         self.max_running = max(1, int(CFG.get("max_running", 2)))
         self.max_states = max(0, int(CFG.get("max_states", 256)))
@@ -577,7 +593,14 @@ class Server:
     # -- Rust side --------------------------------------------------------------------------
 
     def reply(self, obj):
-        data = (_dumps(obj) + "\n").encode()
+        # Buffered: one write per loop iteration carries every result that iteration produced.
+        self.outbuf.append(_dumps(obj))
+
+    def flush_replies(self):
+        if not self.outbuf:
+            return
+        data = ("\n".join(self.outbuf) + "\n").encode()
+        self.outbuf = []
         view = memoryview(data)
         while view:
             try:
@@ -625,8 +648,9 @@ class Server:
 
     # -- starting snippets -------------------------------------------------------------------
 
-    def finish_without_run(self, rec, error):
+    def finish_without_run(self, rec, error, cause=None):
         rec.status, rec.has_state, rec.error = "done", False, error
+        rec.cause = cause or error
         self.reply({"rid": rec.rid, "ok": False, "error": error, "ms": 0.0, "head": "",
                     "tail": "", "total": 0, "kept": False})
         self.after_done(rec)
@@ -641,8 +665,8 @@ class Server:
             if prec is None:
                 return "unknown parent %r" % p
             if not prec.has_state:
-                return "cannot continue from the parent: it left no interpreter state (%s)" % (
-                    prec.error or "it did not finish")
+                return ("cannot continue from the parent: it left no interpreter state (%s)" % (
+                    prec.cause or "it did not finish"), prec.cause)
             if prec.zyg is not None:
                 base = prec.zyg
                 break
@@ -659,6 +683,9 @@ class Server:
             plan = self.plan(rec)
             if isinstance(plan, str):
                 self.finish_without_run(rec, plan)
+                return
+            if plan[0] is not None and isinstance(plan[0], str):
+                self.finish_without_run(rec, plan[0], plan[1])
                 return
             base, prelude = plan
             self.counter += 1
@@ -947,6 +974,7 @@ class Server:
         if ms is None:
             ms = (time.monotonic() - run.t0) * 1000.0
         rec.status, rec.has_state, rec.error = "done", completed, error
+        rec.cause = None if completed else error
         scratch = self.scratch.pop(run.rid, None)
         if scratch:
             try:
@@ -1031,6 +1059,8 @@ class Server:
                     self.on_zyg(key)
             self.on_wake()
             self.check_deadlines()
+            self.flush_replies()
+        self.flush_replies()
 
 
 def preload():
@@ -1116,6 +1146,7 @@ def main():
     server = Server()
     server.reply({"op": "ready", "sandbox": REPORT, "preloaded": loaded,
                   "python": sys.version.split()[0]})
+    server.flush_replies()
     server.loop()
     for z in list(server.zygs.values()):
         server.drop_zygote(server.recs[z.rid], kill=True)

@@ -110,7 +110,14 @@ impl Worker {
                         let Ok(line) = line else { break };
                         match serde_json::from_slice::<Value>(&line) {
                             Ok(msg) => {
-                                if tx.send(Event::Msg { worker: index, gen, msg }).is_err() {
+                                if tx
+                                    .send(Event::Msg {
+                                        worker: index,
+                                        gen,
+                                        msg,
+                                    })
+                                    .is_err()
+                                {
                                     return;
                                 }
                             }
@@ -147,6 +154,11 @@ impl Worker {
             }
             None => Err(std::io::Error::from(std::io::ErrorKind::BrokenPipe)),
         }
+    }
+
+    /// The server process's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Kills the server; with it goes its pid namespace and every snippet process in it.
