@@ -757,36 +757,43 @@ class Server:
 
     # -- events -------------------------------------------------------------------------------
 
+    @staticmethod
+    def read_frames(sock, buf):
+        """Non-blocking read from a channel: (frames, remaining bytes, eof)."""
+        try:
+            data = sock.recv(1 << 16)
+        except (BlockingIOError, InterruptedError):
+            return [], buf, False
+        except OSError:
+            data = b""
+        if not data:
+            return [], buf, True
+        buf += data
+        frames = []
+        while len(buf) >= 4:
+            n = _unpack("<I", buf[:4])[0]
+            if n > (1 << 20):  # a garbled stream: drop it
+                return frames, b"", False
+            if len(buf) < 4 + n:
+                break
+            try:
+                frames.append(_loads(buf[4:4 + n]))
+            except ValueError:
+                pass
+            buf = buf[4 + n:]
+        return frames, buf, False
+
     def on_chan(self, key):
         run = self.runs.get(key.fd)
         if run is None:
             return
-        try:
-            data = run.sock.recv(1 << 16)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            data = b""
-        if not data:
+        frames, run.buf, eof = self.read_frames(run.sock, run.buf)
+        for m in frames:
+            self.on_frame(run, m)
+        if eof:
             run.eof = True
             run.eof_at = time.monotonic()
             self.sel.unregister(run.sock)
-            self.maybe_finish(run)
-            return
-        run.buf += data
-        while len(run.buf) >= 4:
-            n = _unpack("<I", run.buf[:4])[0]
-            if n > (1 << 20):
-                run.buf = b""
-                break
-            if len(run.buf) < 4 + n:
-                break
-            try:
-                m = _loads(run.buf[4:4 + n])
-            except ValueError:
-                m = {}
-            run.buf = run.buf[4 + n:]
-            self.on_frame(run, m)
         self.maybe_finish(run)
 
     def on_frame(self, run, m):
@@ -807,31 +814,14 @@ class Server:
         z = self.zyg_fds.get(key.fd)
         if z is None:
             return
-        try:
-            data = z.sock.recv(1 << 16)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            data = b""
-        if not data:
+        frames, z.buf, eof = self.read_frames(z.sock, z.buf)
+        for m in frames:
+            if isinstance(m, dict) and m.get("op") == "exit":
+                self.on_frame(None, m)
+        if eof:
             rec = self.recs.get(z.rid)
             if rec is not None and rec.zyg is z:
                 self.drop_zygote(rec)
-            return
-        z.buf += data
-        while len(z.buf) >= 4:
-            n = _unpack("<I", z.buf[:4])[0]
-            if n > (1 << 20) or len(z.buf) < 4 + n:
-                if n > (1 << 20):
-                    z.buf = b""
-                break
-            try:
-                m = _loads(z.buf[4:4 + n])
-            except ValueError:
-                m = {}
-            z.buf = z.buf[4 + n:]
-            if isinstance(m, dict) and m.get("op") == "exit":
-                self.on_frame(None, m)
 
     def find_run(self, rid):
         for r in self.runs.values():
