@@ -524,16 +524,15 @@ class Zyg:
 
 class Run:
     __slots__ = ("rid", "pid", "sock", "out", "head", "tail", "total", "t0", "deadline", "done",
-                 "eof", "status", "buf", "eof_at", "ended", "chain_len", "from_zyg")
+                 "eof", "status", "buf", "eof_at", "ended")
 
-    def __init__(self, rid, sock, out, timeout_s, chain_len):
+    def __init__(self, rid, sock, out, timeout_s):
         self.rid, self.sock, self.out, self.pid = rid, sock, out, None
         self.head, self.tail, self.total = bytearray(), bytearray(), 0
         self.t0 = time.monotonic()
         self.deadline = self.t0 + timeout_s
         self.done = self.status = self.eof_at = None
-        self.eof, self.buf, self.ended, self.chain_len = False, b"", False, chain_len
-        self.from_zyg = None
+        self.eof, self.buf, self.ended = False, b"", False
 
 
 SIGNAMES = {getattr(signal, n): n for n in dir(signal) if n.startswith("SIG") and "_" not in n}
@@ -656,17 +655,19 @@ class Server:
         self.after_done(rec)
 
     def plan(self, rec):
-        """(zygote or None, prelude codes) to start `rec` from, or an error string."""
+        """Where to start `rec`: (zygote or None, prelude codes, error, root cause). A non-None
+        error means it cannot start (its parent left no state, or is unknown)."""
         codes, p = [], rec.parent
         base = None
         top = rec
         while p is not None:
             prec = self.recs.get(p)
             if prec is None:
-                return "unknown parent %r" % p
+                return None, [], "unknown parent %r" % p, None
             if not prec.has_state:
-                return ("cannot continue from the parent: it left no interpreter state (%s)" % (
-                    prec.cause or "it did not finish"), prec.cause)
+                cause = prec.cause or "it did not finish"
+                return None, [], ("cannot continue from the parent: it left no interpreter "
+                                  "state (%s)" % cause), prec.cause
             if prec.zyg is not None:
                 base = prec.zyg
                 break
@@ -675,19 +676,15 @@ class Server:
         if base is None:
             codes.extend(reversed(top.chain))
         codes.reverse()
-        return base, codes
+        return base, codes, None, None
 
     def start(self, rid):
         rec = self.recs[rid]
         while True:
-            plan = self.plan(rec)
-            if isinstance(plan, str):
-                self.finish_without_run(rec, plan)
+            base, prelude, error, cause = self.plan(rec)
+            if error is not None:
+                self.finish_without_run(rec, error, cause)
                 return
-            if plan[0] is not None and isinstance(plan[0], str):
-                self.finish_without_run(rec, plan[0], plan[1])
-                return
-            base, prelude = plan
             self.counter += 1
             scratch = os.path.join(CFG["scratch"], "s%d" % self.counter)
             try:
@@ -729,14 +726,13 @@ class Server:
             c_end.close()
             _close(out_w)
             timeout_s = rec.timeout_ms / 1000.0 * (1 + len(prelude))
-            run = Run(rid, s_end, out_r, timeout_s, len(prelude))
+            run = Run(rid, s_end, out_r, timeout_s)
             if inplace:
                 pid = base.pid
                 self.drop_zygote(self.recs[base.rid])  # the process is this run's now
             run.pid = pid
             if pid is not None:
                 self.by_pid[pid] = run
-            run.from_zyg = base.rid if base is not None else None
             s_end.setblocking(False)
             os.set_blocking(out_r, False)
             self.runs[s_end.fileno()] = run
