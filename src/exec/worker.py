@@ -372,7 +372,7 @@ def become_snippet(chan_fd, out_fd, msg, ns, first):
         if first:
             drop_privileges()
         chan = socket.socket(fileno=3)
-        if run_snippet(chan, msg, ns, 0.0):
+        if run_snippet(chan, 4, msg, ns, 0.0):
             zygote(chan, ns, {})
     except BaseException as e:  # noqa: BLE001 - a broken setup must still end the process
         report_failure(e)
@@ -393,9 +393,10 @@ def cpu_used():
     return r.ru_utime + r.ru_stime
 
 
-def run_snippet(chan, msg, ns, cpu_before):
-    """Fds: 0 /dev/null, 3 the channel, 4 the output pipe. Runs the prelude (output discarded)
-    and the code (output to the pipe), reports `done`. Returns whether to stay as a zygote."""
+def run_snippet(chan, out_fd, msg, ns, cpu_before):
+    """Fds: 0 /dev/null, 3 the channel, `out_fd` the output pipe (closed here). Runs the prelude
+    (output discarded) and the code (output to the pipe), reports `done`. Returns whether to stay
+    as a zygote."""
     _dup2(0, 1)
     _dup2(0, 2)
     set_limits(msg["timeout_ms"], cpu_before)
@@ -411,9 +412,9 @@ def run_snippet(chan, msg, ns, cpu_before):
         for code in prelude:
             run_code(code, ns)  # replayed ancestors: their outputs and errors were reported before
         flush_streams()
-    _dup2(4, 1)
-    _dup2(4, 2)
-    _close(4)
+    _dup2(out_fd, 1)
+    _dup2(out_fd, 2)
+    _close(out_fd)
     new_streams()
     t0 = _perf()
     ok, error = run_code(msg["code"], ns)
@@ -470,12 +471,11 @@ def zygote(chan, ns, children):
                     try:
                         chan.detach()  # the old object must not close fd 3 once it is replaced
                         _dup2(fds[0], 3)
-                        _dup2(fds[1], 4)
-                        for f in fds:
-                            if f not in (3, 4):
-                                _close(f)
+                        _close(fds[0])
                         chan = socket.socket(fileno=3)
-                        if not run_snippet(chan, msg, ns, cpu_used()):
+                        # The output pipe stays where it arrived: fixed low fds may hold the
+                        # pidfds of children this process forked earlier.
+                        if not run_snippet(chan, fds[1], msg, ns, cpu_used()):
                             _exit(0)
                     except BaseException as e:  # noqa: BLE001
                         report_failure(e)
