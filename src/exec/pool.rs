@@ -332,15 +332,7 @@ impl ExecPool {
         while let Ok(ev) = self.rx.try_recv() {
             if let Event::Dead { worker, gen } = ev {
                 if gen == self.workers[worker].gen {
-                    let mut none = HashMap::new();
-                    self.fail_worker(
-                        worker,
-                        "the executor worker process died",
-                        &[],
-                        &mut none,
-                        &mut HashMap::new(),
-                        &mut [],
-                    );
+                    self.restart_worker(worker, "the executor worker process died");
                 }
             }
         }
@@ -427,6 +419,27 @@ impl ExecPool {
         owner: &mut HashMap<u64, usize>,
         results: &mut [Option<ExecResult>],
     ) -> usize {
+        self.restart_worker(w, why);
+        let lost: Vec<u64> = owner
+            .iter()
+            .filter(|(_, &o)| o == w)
+            .map(|(&r, _)| r)
+            .collect();
+        for rid in &lost {
+            owner.remove(rid);
+            if let Some(i) = slot_of.remove(rid) {
+                results[i] = Some(failed(
+                    &batch[i].id,
+                    format!("{why} while this snippet was queued or running; it was restarted"),
+                ));
+            }
+        }
+        lost.len()
+    }
+
+    /// Kills worker `w` and starts a new generation in its place (its kept states are gone;
+    /// children of its snippets are then routed with a replay chain).
+    fn restart_worker(&mut self, w: usize, why: &str) {
         tracing::warn!("exec worker {w}: {why}; restarting it");
         self.workers[w].kill();
         let gen = self.workers[w].gen + 1;
@@ -444,21 +457,6 @@ impl ExecPool {
                 self.workers[w].gen = gen;
             }
         }
-        let lost: Vec<u64> = owner
-            .iter()
-            .filter(|(_, &o)| o == w)
-            .map(|(&r, _)| r)
-            .collect();
-        for rid in &lost {
-            owner.remove(rid);
-            if let Some(i) = slot_of.remove(rid) {
-                results[i] = Some(failed(
-                    &batch[i].id,
-                    format!("{why} while this snippet was queued or running; it was restarted"),
-                ));
-            }
-        }
-        lost.len()
     }
 
     fn result_of(&self, id: &str, msg: &Value) -> ExecResult {
