@@ -35,9 +35,12 @@
 //! # Ok::<(), rstar_gpu::ForestError>(())
 //! ```
 
+pub mod assets;
+pub mod data;
 pub mod exec;
 pub mod forest;
 pub mod grade;
+pub mod model;
 pub mod step;
 
 pub use forest::{

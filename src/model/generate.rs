@@ -1,0 +1,428 @@
+//! Batched generation on a local [`Transformer`]: the [`Policy`] backend for GGUF and safetensors
+//! models.
+//!
+//! One `generate` call for `P` prompts × `n` samples:
+//! 1. **Prefill** every prompt once, many prompts per forward call (up to `prefill_chunk` tokens
+//!    per call; a longer prompt is split across calls). The prompt's KV cache is then frozen and
+//!    shared by its `n` samples ([`KvCache::fork`]): no copy, no recomputation.
+//! 2. **Decode** all live sequences together, one token each per forward call, each at its own
+//!    position, at most `max_batch` sequences per call. A sequence leaves the batch the moment it
+//!    hits an end-of-sequence token, a stop string, or `max_tokens`.
+//!
+//! Sampling is candle-transformers' `LogitsProcessor` (arg-max, temperature, top-k, top-p), one per
+//! sequence, seeded from (seed, prompt index, sample index) so a sequence's tokens do not depend on
+//! what else is in the batch. Text is detokenised incrementally per sequence; stop strings are
+//! searched only in the text the last token added (plus the overlap a stop string can span).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use candle_transformers::generation::{LogitsProcessor, Sampling};
+
+use super::tokenizer::{IncrementalDecoder, Tokenizer};
+use super::transformer::{read_gguf, KvCache, Output, Segment, Transformer, WeightMode};
+use super::{Completion, FinishReason, ModelError, Policy, SamplingParams};
+
+/// Throughput counters of a [`LocalPolicy`], accumulated over its calls.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct GenStats {
+    /// Prompt tokens run through prefill.
+    pub prefill_tokens: usize,
+    pub prefill_secs: f64,
+    /// Tokens generated (every sequence, stop-string tokens included).
+    pub decode_tokens: usize,
+    pub decode_secs: f64,
+    /// Forward calls made (prefill and decode).
+    pub forward_calls: usize,
+}
+
+/// A local model with its tokenizer.
+pub struct LocalPolicy {
+    model: Arc<Transformer>,
+    tokenizer: Tokenizer,
+    name: String,
+    /// Most prompt tokens per prefill forward call.
+    pub prefill_chunk: usize,
+    /// Most sequences per decode forward call (bounds activation and logits memory).
+    pub max_batch: usize,
+    /// Keep generating past end-of-sequence tokens (benchmarks that need fixed lengths).
+    pub ignore_eos: bool,
+    stats: GenStats,
+}
+
+impl LocalPolicy {
+    /// Loads a GGUF file (tokenizer from its metadata) or a Hugging Face directory
+    /// (`config.json`, `*.safetensors`, `tokenizer.json`).
+    pub fn load(path: &Path, mode: WeightMode, device: &Device) -> Result<Self, ModelError> {
+        let name = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| path.display().to_string());
+        let (model, tokenizer) = if path.is_dir() {
+            let model = Transformer::from_safetensors_dir(path, device)?;
+            let tokenizer = Tokenizer::from_file(path.join("tokenizer.json"))?;
+            (model, tokenizer)
+        } else {
+            if !path.exists() {
+                return Err(ModelError::File {
+                    path: path.display().to_string(),
+                    msg: "no such file; give a .gguf file, a Hugging Face directory, or a name from `rstar-gpu assets list`".into(),
+                });
+            }
+            let (ct, mut file) = read_gguf(path)?;
+            let tokenizer = Tokenizer::from_gguf(&ct)?;
+            let model = Transformer::from_gguf_content(&ct, &mut file, path, mode, device)?;
+            (model, tokenizer)
+        };
+        Ok(Self::new(Arc::new(model), tokenizer, name))
+    }
+
+    pub fn new(model: Arc<Transformer>, tokenizer: Tokenizer, name: String) -> Self {
+        LocalPolicy {
+            model,
+            tokenizer,
+            name,
+            prefill_chunk: 512,
+            max_batch: 64,
+            ignore_eos: false,
+            stats: GenStats::default(),
+        }
+    }
+
+    pub fn model(&self) -> &Arc<Transformer> {
+        &self.model
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    pub fn stats(&self) -> &GenStats {
+        &self.stats
+    }
+
+    pub fn reset_stats(&mut self) {
+        self.stats = GenStats::default();
+    }
+
+    /// Prefills `prompts` (token ids) and returns each prompt's frozen cache and last-token
+    /// logits `[vocab]`.
+    fn prefill(&mut self, prompts: &[Vec<u32>]) -> Result<Vec<(Arc<KvCache>, Tensor)>, ModelError> {
+        let t0 = Instant::now();
+        let mut caches: Vec<KvCache> = prompts.iter().map(|_| self.model.new_cache()).collect();
+        let mut done = vec![0usize; prompts.len()];
+        let mut logits: Vec<Option<Tensor>> = vec![None; prompts.len()];
+        let mut next = 0; // first prompt not fully prefilled
+        while next < prompts.len() {
+            // Fill one call with up to `prefill_chunk` tokens from consecutive prompts.
+            let mut budget = self.prefill_chunk.max(1);
+            let mut parts: Vec<(usize, usize, usize)> = Vec::new(); // (prompt, from, to)
+            let mut i = next;
+            while i < prompts.len() && budget > 0 {
+                let from = done[i];
+                let to = prompts[i].len().min(from + budget);
+                parts.push((i, from, to));
+                budget -= to - from;
+                if to < prompts[i].len() {
+                    break;
+                }
+                i += 1;
+            }
+            let out = {
+                let mut segs: Vec<Segment<'_>> = Vec::with_capacity(parts.len());
+                let mut rest: &mut [KvCache] = &mut caches[..];
+                let mut offset = 0;
+                for &(p, from, to) in &parts {
+                    let (_, tail) = std::mem::take(&mut rest).split_at_mut(p - offset);
+                    let (cache, tail) = tail.split_first_mut().expect("prompt index in range");
+                    rest = tail;
+                    offset = p + 1;
+                    segs.push(Segment { tokens: &prompts[p][from..to], cache });
+                }
+                self.model.forward(&mut segs, Output::Logits)?
+            };
+            self.stats.forward_calls += 1;
+            for (row, &(p, _, to)) in parts.iter().enumerate() {
+                done[p] = to;
+                if to == prompts[p].len() {
+                    logits[p] = Some(out.get(row)?);
+                    next = next.max(p + 1);
+                }
+            }
+        }
+        self.stats.prefill_tokens += prompts.iter().map(Vec::len).sum::<usize>();
+        self.stats.prefill_secs += t0.elapsed().as_secs_f64();
+        Ok(caches
+            .into_iter()
+            .zip(logits)
+            .map(|(c, l)| (Arc::new(c), l.expect("every prompt prefilled")))
+            .collect())
+    }
+}
+
+fn validate(sampling: &SamplingParams, n: usize) -> Result<(), ModelError> {
+    if n == 0 {
+        return Err(ModelError::Request("n must be at least 1".into()));
+    }
+    if !sampling.temperature.is_finite() || sampling.temperature < 0.0 {
+        return Err(ModelError::Request(format!("temperature {} must be a finite number ≥ 0", sampling.temperature)));
+    }
+    if !(sampling.top_p > 0.0 && sampling.top_p <= 1.0) {
+        return Err(ModelError::Request(format!("top_p {} must be in (0, 1]", sampling.top_p)));
+    }
+    if sampling.top_k == Some(0) {
+        return Err(ModelError::Request("top_k must be at least 1".into()));
+    }
+    Ok(())
+}
+
+fn sampler(sampling: &SamplingParams, prompt: usize, sample: usize) -> LogitsProcessor {
+    let t = sampling.temperature;
+    let mode = if t <= 0.0 {
+        Sampling::ArgMax
+    } else {
+        match (sampling.top_k, sampling.top_p < 1.0) {
+            (None, false) => Sampling::All { temperature: t },
+            (None, true) => Sampling::TopP { p: sampling.top_p, temperature: t },
+            (Some(k), false) => Sampling::TopK { k, temperature: t },
+            (Some(k), true) => Sampling::TopKThenTopP { k, p: sampling.top_p, temperature: t },
+        }
+    };
+    LogitsProcessor::from_sampling(seq_seed(sampling.seed, prompt, sample), mode)
+}
+
+/// SplitMix64 of (seed, prompt, sample): independent streams per sequence.
+fn seq_seed(seed: u64, prompt: usize, sample: usize) -> u64 {
+    let mut z = seed ^ ((prompt as u64) << 32 ^ sample as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Finds the earliest stop string that ends inside `text[from..]`; returns (byte index, stop).
+pub(crate) fn find_stop<'s>(text: &str, from: usize, stops: &'s [String]) -> Option<(usize, &'s str)> {
+    let longest = stops.iter().map(String::len).max().unwrap_or(0);
+    let mut start = from.saturating_sub(longest.saturating_sub(1));
+    while !text.is_char_boundary(start) {
+        start -= 1;
+    }
+    stops
+        .iter()
+        .filter(|s| !s.is_empty())
+        .filter_map(|s| text[start..].find(s.as_str()).map(|i| (start + i, s.as_str())))
+        .min_by_key(|&(i, _)| i)
+}
+
+struct Seq {
+    prompt: usize,
+    sample: usize,
+    cache: KvCache,
+    sampler: LogitsProcessor,
+    decoder: IncrementalDecoder,
+    text: String,
+    tokens: usize,
+    /// The token sampled last, not yet run through the model.
+    pending: u32,
+    finish: Option<FinishReason>,
+}
+
+impl Policy for LocalPolicy {
+    fn generate(
+        &mut self,
+        prompts: &[String],
+        n: usize,
+        sampling: &SamplingParams,
+        stop: &[String],
+    ) -> Result<Vec<Vec<Completion>>, ModelError> {
+        validate(sampling, n)?;
+        let mut results: Vec<Vec<Completion>> = vec![Vec::with_capacity(n); prompts.len()];
+        if prompts.is_empty() {
+            return Ok(results);
+        }
+        let ctx = self.model.config().context_length;
+        let mut ids = Vec::with_capacity(prompts.len());
+        for (i, p) in prompts.iter().enumerate() {
+            let t = self.tokenizer.encode(p)?;
+            if t.is_empty() {
+                return Err(ModelError::Request(format!("prompt {i} is empty (no tokens)")));
+            }
+            if t.len() >= ctx {
+                return Err(ModelError::Request(format!(
+                    "prompt {i} has {} tokens; the model's context is {ctx}",
+                    t.len()
+                )));
+            }
+            ids.push(t);
+        }
+        // Prompts go through in groups whose samples fit one decode batch, so that memory stays
+        // bounded however many prompts a search step sends.
+        let per_group = (self.max_batch / n).max(1);
+        let mut start = 0;
+        while start < prompts.len() {
+            let end = (start + per_group).min(prompts.len());
+            let group = self.generate_group(&ids[start..end], start, n, sampling, stop)?;
+            for (k, completions) in group.into_iter().enumerate() {
+                results[start + k] = completions;
+            }
+            start = end;
+        }
+        Ok(results)
+    }
+
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+}
+
+impl LocalPolicy {
+    fn generate_group(
+        &mut self,
+        prompts: &[Vec<u32>],
+        first_index: usize,
+        n: usize,
+        sampling: &SamplingParams,
+        stop: &[String],
+    ) -> Result<Vec<Vec<Completion>>, ModelError> {
+        let ctx = self.model.config().context_length;
+        let prefilled = self.prefill(prompts)?;
+        let t0 = Instant::now();
+        let mut seqs: Vec<Seq> = Vec::with_capacity(prompts.len() * n);
+        for (p, (shared, logits)) in prefilled.iter().enumerate() {
+            for j in 0..n {
+                let mut sampler = sampler(sampling, first_index + p, j);
+                let pending = sampler.sample(logits)?;
+                seqs.push(Seq {
+                    prompt: p,
+                    sample: j,
+                    cache: KvCache::fork(shared),
+                    sampler,
+                    decoder: IncrementalDecoder::new(&self.tokenizer, true),
+                    text: String::new(),
+                    tokens: 0,
+                    pending,
+                    finish: None,
+                });
+            }
+        }
+        drop(prefilled);
+        let max_tokens = sampling.max_tokens;
+        loop {
+            // Account for each live sequence's pending token; decide who continues.
+            let mut live = Vec::new();
+            for (i, s) in seqs.iter_mut().enumerate() {
+                if s.finish.is_some() {
+                    continue;
+                }
+                if max_tokens == 0 {
+                    s.finish = Some(FinishReason::Length);
+                    continue;
+                }
+                if !self.ignore_eos && self.tokenizer.is_eos(s.pending) {
+                    s.tokens += 1;
+                    s.text.push_str(&s.decoder.finish()?);
+                    s.finish = Some(FinishReason::Eos);
+                    continue;
+                }
+                s.tokens += 1;
+                let before = s.text.len();
+                s.text.push_str(&s.decoder.push(s.pending)?);
+                if let Some((at, which)) = find_stop(&s.text, before, stop) {
+                    s.text.truncate(at);
+                    s.finish = Some(FinishReason::Stop(which.to_string()));
+                    continue;
+                }
+                if s.tokens >= max_tokens || s.cache.len() + 1 >= ctx {
+                    s.text.push_str(&s.decoder.finish()?);
+                    if let Some((at, which)) = find_stop(&s.text, before, stop) {
+                        s.text.truncate(at);
+                        s.finish = Some(FinishReason::Stop(which.to_string()));
+                    } else {
+                        s.finish = Some(FinishReason::Length);
+                    }
+                    continue;
+                }
+                live.push(i);
+            }
+            if live.is_empty() {
+                break;
+            }
+            for chunk in live.chunks(self.max_batch.max(1)) {
+                let pending: Vec<u32> = chunk.iter().map(|&i| seqs[i].pending).collect();
+                let logits = {
+                    let mut segs: Vec<Segment<'_>> = Vec::with_capacity(chunk.len());
+                    // `chunk` is increasing, so the caches can be split off in order.
+                    let mut rest: &mut [Seq] = &mut seqs[..];
+                    let mut offset = 0;
+                    for (k, &i) in chunk.iter().enumerate() {
+                        let (_, tail) = std::mem::take(&mut rest).split_at_mut(i - offset);
+                        let (s, tail) = tail.split_first_mut().expect("live index in range");
+                        rest = tail;
+                        offset = i + 1;
+                        segs.push(Segment { tokens: std::slice::from_ref(&pending[k]), cache: &mut s.cache });
+                    }
+                    self.model.forward(&mut segs, Output::Logits)?
+                };
+                self.stats.forward_calls += 1;
+                for (row, &i) in chunk.iter().enumerate() {
+                    let l = logits.get(row)?;
+                    seqs[i].pending = seqs[i].sampler.sample(&l)?;
+                }
+            }
+        }
+        let mut out: Vec<Vec<Completion>> = (0..prompts.len()).map(|_| Vec::with_capacity(n)).collect();
+        for s in seqs {
+            self.stats.decode_tokens += s.tokens;
+            debug_assert_eq!(out[s.prompt].len(), s.sample);
+            out[s.prompt].push(Completion {
+                text: s.text,
+                tokens: s.tokens,
+                finish: s.finish.unwrap_or(FinishReason::Length),
+            });
+        }
+        self.stats.decode_secs += t0.elapsed().as_secs_f64();
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_search_spans_token_boundaries() {
+        let stops = vec!["<end_of_step>".to_string(), "```output".to_string()];
+        let text = "x = 1\n<end_of_st";
+        assert_eq!(find_stop(text, 6, &stops), None);
+        let text = "x = 1\n<end_of_step>";
+        // The last token added only "ep>", but the match started earlier.
+        assert_eq!(find_stop(text, text.len() - 3, &stops), Some((6, "<end_of_step>")));
+        // Earliest match wins.
+        let text = "a```output b<end_of_step>";
+        assert_eq!(find_stop(text, 0, &stops), Some((1, "```output")));
+        // Multi-byte text before the window start is handled.
+        let text = "ππππ<end_of_step>";
+        assert_eq!(find_stop(text, 9, &stops), Some((8, "<end_of_step>")));
+    }
+
+    #[test]
+    fn seeds_differ_per_sequence() {
+        assert_ne!(seq_seed(1, 0, 0), seq_seed(1, 0, 1));
+        assert_ne!(seq_seed(1, 0, 1), seq_seed(1, 1, 0));
+        assert_eq!(seq_seed(7, 3, 2), seq_seed(7, 3, 2));
+    }
+
+    #[test]
+    fn bad_sampling_is_rejected() {
+        let mut s = SamplingParams::default();
+        assert!(validate(&s, 0).is_err());
+        s.temperature = f64::NAN;
+        assert!(validate(&s, 1).is_err());
+        s.temperature = 0.5;
+        s.top_p = 0.0;
+        assert!(validate(&s, 1).is_err());
+        s.top_p = 1.0;
+        assert!(validate(&s, 1).is_ok());
+    }
+}
