@@ -19,7 +19,9 @@
 //! `RSTAR_TOKENIZER_REF=DIR` adds [`reference_ids_from_dir`]: `DIR/{smollm,qwen}.jsonl`, one
 //! `{"text": …, "llama": [ids]}` per line (made with llama.cpp's `llama-tokenize --ids
 //! --no-escape -f FILE`), compared text by text, which names the first text that differs when a
-//! digest does not match.
+//! digest does not match. `RSTAR_TOKENIZER_JSON=PATH` adds [`tokenizer_json_matches_gguf`]:
+//! `Tokenizer::from_file` on a Hugging Face `tokenizer.json` of the same vocabulary gives the
+//! GGUF tokenizer's ids.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -679,3 +681,42 @@ static QWEN_REF: Reference = Reference {
         ),
     ],
 };
+
+/// `Tokenizer::from_file` on a Hugging Face `tokenizer.json` of the same vocabulary as a model
+/// here (`RSTAR_TOKENIZER_JSON=PATH` and `RSTAR_TOKENIZER_JSON_MODEL=smollm2-135m` or
+/// `qwen2.5-coder-0.5b`, the default) gives the GGUF tokenizer's ids; skipped otherwise.
+#[test]
+fn tokenizer_json_matches_gguf() {
+    let Some(json) = std::env::var_os("RSTAR_TOKENIZER_JSON") else {
+        return;
+    };
+    let model = std::env::var("RSTAR_TOKENIZER_JSON_MODEL").unwrap_or_else(|_| QWEN.into());
+    let Some((_, gguf, reference)) = models().into_iter().find(|(n, _, _)| *n == model) else {
+        return;
+    };
+    let json = PathBuf::from(json);
+    let tok = Tokenizer::from_file(&json).unwrap();
+    let mut all: Vec<&str> = reference.strings.iter().map(|(s, _)| *s).collect();
+    if let Some(t) = texts() {
+        all.extend(
+            t.gsm8k_questions
+                .iter()
+                .chain(&t.math_solutions)
+                .map(String::as_str),
+        );
+    }
+    for s in all {
+        let ids = tok.encode(s).unwrap();
+        assert_eq!(ids, gguf.encode(s).unwrap(), "{model}: {s:?}");
+        assert_eq!(incremental(&tok, &ids, false), tok.decode(&ids).unwrap());
+    }
+    assert!(
+        tok.eos_ids().contains(&gguf.eos_ids()[0]),
+        "{:?}",
+        tok.eos_ids()
+    );
+    if json.with_file_name("tokenizer_config.json").exists() {
+        assert_eq!(tok.eos_ids().first(), gguf.eos_ids().first());
+        assert!(matches!(tok.chat_template(), ChatTemplate::ChatMl { .. }));
+    }
+}
