@@ -6,7 +6,8 @@
 //! `RSTAR_REQUIRE_DATA=1` (CI).
 
 use std::collections::HashSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rstar_gpu::data::{self, DataError, Format, Problem};
 
@@ -25,12 +26,41 @@ fn load(spec: &str, split: &str) -> Option<Vec<Problem>> {
     }
 }
 
-fn tmp_file(name: &str, text: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("rstar-data-test-{}", std::process::id()));
+/// A file in its own temporary directory, removed on drop.
+struct TmpFile(PathBuf);
+
+impl std::ops::Deref for TmpFile {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for TmpFile {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TmpFile {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+fn tmp_file(name: &str, text: &str) -> TmpFile {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "rstar-data-test-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     let p = dir.join(name);
     std::fs::write(&p, text).unwrap();
-    p
+    TmpFile(p)
 }
 
 #[test]
