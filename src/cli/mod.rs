@@ -3,6 +3,7 @@
 
 mod assets;
 mod bench;
+mod bench_generate;
 mod exec;
 
 use clap::{Parser, Subcommand};

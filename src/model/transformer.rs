@@ -27,7 +27,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use candle_core::quantized::{gguf_file, QMatMul, QTensor};
+use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -151,7 +151,7 @@ impl KvCache {
     /// The key/value blocks of `layer`, oldest first, as `(keys, values, positions)`;
     /// `row` = floats per position (`n_kv_head * head_dim`). Counts what the buffers hold, which
     /// during a forward call includes the new tokens of layers already run.
-    fn blocks(&self, layer: usize, row: usize) -> Vec<(&[f32], &[f32], usize)> {
+    fn blocks(&self, layer: usize, row: usize) -> Vec<KvBlock<'_>> {
         let mut out = match &self.prefix {
             Some(p) => p.blocks(layer, row),
             None => Vec::new(),
@@ -163,6 +163,10 @@ impl KvCache {
         out
     }
 }
+
+/// One contiguous run of cached positions: (keys, values, positions), each buffer
+/// `[positions, n_kv_head, head_dim]`.
+type KvBlock<'a> = (&'a [f32], &'a [f32], usize);
 
 /// New tokens of one sequence for a forward call; they take positions `cache.len()..`.
 pub struct Segment<'a> {
@@ -204,6 +208,11 @@ pub fn read_gguf(path: &Path) -> Result<(gguf_file::Content, std::fs::File), Mod
     let content = gguf_file::Content::read(&mut file)
         .map_err(|e| file_err(path, format!("not a readable GGUF file ({e}); re-fetch it with `rstar-gpu assets fetch`")))?;
     Ok((content, file))
+}
+
+/// Quantized formats without a SIMD CPU kernel in candle, re-quantized to Q8_0 at load.
+fn needs_requant(dtype: GgmlDType) -> bool {
+    matches!(dtype, GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1)
 }
 
 fn md<'a>(ct: &'a gguf_file::Content, key: &str, path: &Path) -> Result<&'a gguf_file::Value, ModelError> {
@@ -282,6 +291,12 @@ impl Transformer {
         };
         let mat = |q: QTensor| -> Result<QMatMul, ModelError> {
             match mode {
+                WeightMode::Quantized if needs_requant(q.dtype()) => {
+                    // candle has no SIMD dot product for these formats (a scalar loop: ~10×
+                    // slower); Q8_0 holds their values almost exactly and has one.
+                    let f = q.dequantize(device)?;
+                    Ok(QMatMul::from_qtensor(QTensor::quantize(&f, GgmlDType::Q8_0)?)?)
+                }
                 WeightMode::Quantized => Ok(QMatMul::from_qtensor(q)?),
                 WeightMode::Dequantized => Ok(QMatMul::Tensor(q.dequantize(device)?)),
             }
@@ -574,7 +589,7 @@ impl Transformer {
         let (nh, nkv, hd) = (self.cfg.n_head, self.cfg.n_kv_head, self.cfg.head_dim);
         let group = nh / nkv;
         let scale = 1.0 / (hd as f32).sqrt();
-        let blocks: Vec<Vec<(&[f32], &[f32], usize)>> =
+        let blocks: Vec<Vec<KvBlock<'_>>> =
             segments.iter().map(|s| s.cache.blocks(layer, nkv * hd)).collect();
         let mut out = vec![0f32; rows.len() * nh * hd];
         let items = rows.len() * nh;
