@@ -16,7 +16,13 @@ fn max_rel_diff(a: &[f32], b: &[f32]) -> f32 {
 }
 
 fn argmax(v: &[f32]) -> usize {
-    v.iter().enumerate().fold((0, f32::MIN), |(bi, bv), (i, &x)| if x > bv { (i, x) } else { (bi, bv) }).0
+    v.iter()
+        .enumerate()
+        .fold(
+            (0, f32::MIN),
+            |(bi, bv), (i, &x)| if x > bv { (i, x) } else { (bi, bv) },
+        )
+        .0
 }
 
 /// Prefill 24 tokens then decode 6 greedy tokens with both implementations.
@@ -26,14 +32,27 @@ fn compare_with_reference(name: &str) {
     let ours = Transformer::from_gguf(&path, WeightMode::Quantized, &dev).unwrap();
     let mut file = std::fs::File::open(&path).unwrap();
     let ct = candle_core::quantized::gguf_file::Content::read(&mut file).unwrap();
-    let arch = ct.metadata["general.architecture"].to_string().unwrap().clone();
+    let arch = ct.metadata["general.architecture"]
+        .to_string()
+        .unwrap()
+        .clone();
     enum Ref {
         L(candle_transformers::models::quantized_llama::ModelWeights),
         Q(candle_transformers::models::quantized_qwen2::ModelWeights),
     }
     let mut reference = match arch.as_str() {
-        "llama" => Ref::L(candle_transformers::models::quantized_llama::ModelWeights::from_gguf(ct, &mut file, &dev).unwrap()),
-        "qwen2" => Ref::Q(candle_transformers::models::quantized_qwen2::ModelWeights::from_gguf(ct, &mut file, &dev).unwrap()),
+        "llama" => Ref::L(
+            candle_transformers::models::quantized_llama::ModelWeights::from_gguf(
+                ct, &mut file, &dev,
+            )
+            .unwrap(),
+        ),
+        "qwen2" => Ref::Q(
+            candle_transformers::models::quantized_qwen2::ModelWeights::from_gguf(
+                ct, &mut file, &dev,
+            )
+            .unwrap(),
+        ),
         a => panic!("unexpected arch {a}"),
     };
     let mut ref_fwd = |ids: &[u32], pos: usize| -> Vec<f32> {
@@ -51,7 +70,13 @@ fn compare_with_reference(name: &str) {
     let mut ids = prompt.clone();
     for step in 0..7 {
         let a = ours
-            .forward(&mut [Segment { tokens: &ids, cache: &mut cache }], Output::Logits)
+            .forward(
+                &mut [Segment {
+                    tokens: &ids,
+                    cache: &mut cache,
+                }],
+                Output::Logits,
+            )
             .unwrap()
             .flatten_all()
             .unwrap()
@@ -63,10 +88,16 @@ fn compare_with_reference(name: &str) {
         // the per-layer Q8 quantization of activations turns that into a few 1e-2 of drift over
         // 30 layers (llama.cpp's logits differ from both by more). A wrong rotation, mask or
         // head mapping gives differences of order 1.
-        assert!(d < 0.05, "{name} step {step}: logits differ from candle's reference by {d}");
+        assert!(
+            d < 0.05,
+            "{name} step {step}: logits differ from candle's reference by {d}"
+        );
         // The greedy token may flip on a near tie; it must be (near) the reference's best.
         let scale = b.iter().fold(0f32, |m, x| m.max(x.abs()));
-        assert!(b[argmax(&a)] >= b[argmax(&b)] - 0.05 * scale, "{name} step {step}: greedy token is far from the reference's");
+        assert!(
+            b[argmax(&a)] >= b[argmax(&b)] - 0.05 * scale,
+            "{name} step {step}: greedy token is far from the reference's"
+        );
         pos += ids.len();
         ids = vec![argmax(&a) as u32];
     }
@@ -97,23 +128,79 @@ fn batched_rows_equal_single_rows() {
     // Alone.
     let mut c1 = m.new_cache();
     let mut c2 = m.new_cache();
-    let a1 = m.forward(&mut [Segment { tokens: &p1, cache: &mut c1 }], Output::Logits).unwrap();
-    let a2 = m.forward(&mut [Segment { tokens: &p2, cache: &mut c2 }], Output::Logits).unwrap();
+    let a1 = m
+        .forward(
+            &mut [Segment {
+                tokens: &p1,
+                cache: &mut c1,
+            }],
+            Output::Logits,
+        )
+        .unwrap();
+    let a2 = m
+        .forward(
+            &mut [Segment {
+                tokens: &p2,
+                cache: &mut c2,
+            }],
+            Output::Logits,
+        )
+        .unwrap();
     let shared = Arc::new(c2);
     let mut f1 = KvCache::fork(&shared);
-    let s1 = m.forward(&mut [Segment { tokens: &[7, 8], cache: &mut f1 }], Output::Logits).unwrap();
+    let s1 = m
+        .forward(
+            &mut [Segment {
+                tokens: &[7, 8],
+                cache: &mut f1,
+            }],
+            Output::Logits,
+        )
+        .unwrap();
     let mut c1b = c1.clone();
-    let d1 = m.forward(&mut [Segment { tokens: &[5], cache: &mut c1b }], Output::Logits).unwrap();
+    let d1 = m
+        .forward(
+            &mut [Segment {
+                tokens: &[5],
+                cache: &mut c1b,
+            }],
+            Output::Logits,
+        )
+        .unwrap();
     // Batched: both prompts in one call, then a decode row and a forked row together.
     let mut b1 = m.new_cache();
     let mut b2 = m.new_cache();
     let both = m
-        .forward(&mut [Segment { tokens: &p1, cache: &mut b1 }, Segment { tokens: &p2, cache: &mut b2 }], Output::Logits)
+        .forward(
+            &mut [
+                Segment {
+                    tokens: &p1,
+                    cache: &mut b1,
+                },
+                Segment {
+                    tokens: &p2,
+                    cache: &mut b2,
+                },
+            ],
+            Output::Logits,
+        )
         .unwrap();
     let shared_b = Arc::new(b2);
     let mut fb = KvCache::fork(&shared_b);
     let step = m
-        .forward(&mut [Segment { tokens: &[5], cache: &mut b1 }, Segment { tokens: &[7, 8], cache: &mut fb }], Output::Logits)
+        .forward(
+            &mut [
+                Segment {
+                    tokens: &[5],
+                    cache: &mut b1,
+                },
+                Segment {
+                    tokens: &[7, 8],
+                    cache: &mut fb,
+                },
+            ],
+            Output::Logits,
+        )
         .unwrap();
     let row = |t: &Tensor, i: usize| t.get(i).unwrap().to_vec1::<f32>().unwrap();
     assert_eq!(row(&both, 0), row(&a1, 0));

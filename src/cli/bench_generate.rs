@@ -46,7 +46,10 @@ pub struct GenerateArgs {
 }
 
 pub fn run(a: GenerateArgs) -> Result<()> {
-    anyhow::ensure!(a.prompts >= 1 && a.samples >= 1, "--prompts and --samples must be at least 1");
+    anyhow::ensure!(
+        a.prompts >= 1 && a.samples >= 1,
+        "--prompts and --samples must be at least 1"
+    );
     anyhow::ensure!(a.new_tokens >= 1, "--new-tokens must be at least 1");
     if let Some(t) = a.threads {
         anyhow::ensure!(t >= 1, "--threads must be at least 1");
@@ -54,12 +57,22 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         std::env::set_var("CANDLE_NUM_THREADS", t.to_string());
         std::env::set_var("RAYON_NUM_THREADS", t.to_string());
     }
-    let threads = a.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let threads = a
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let path = rstar_gpu::assets::model_path(&a.model).map_err(|e| anyhow::anyhow!("{e}"))?;
     let problems = rstar_gpu::data::load("gsm8k", "test").map_err(|e| anyhow::anyhow!("{e}"))?;
-    anyhow::ensure!(problems.len() >= a.prompts, "GSM8K test has only {} questions", problems.len());
+    anyhow::ensure!(
+        problems.len() >= a.prompts,
+        "GSM8K test has only {} questions",
+        problems.len()
+    );
     let t_load = Instant::now();
-    let mode = if a.weights == "dense" { WeightMode::Dequantized } else { WeightMode::Quantized };
+    let mode = if a.weights == "dense" {
+        WeightMode::Dequantized
+    } else {
+        WeightMode::Quantized
+    };
     let mut policy = LocalPolicy::load(&path, mode, &candle_core::Device::Cpu)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     tracing::info!(model = %path.display(), secs = t_load.elapsed().as_secs_f64(), "model loaded");
@@ -69,13 +82,30 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         .iter()
         .map(|p| policy.tokenizer().chat_prompt(None, &p.question))
         .collect();
-    let sampling = SamplingParams { temperature: 0.0, max_tokens: a.new_tokens, ..SamplingParams::default() };
+    let sampling = SamplingParams {
+        temperature: 0.0,
+        max_tokens: a.new_tokens,
+        ..SamplingParams::default()
+    };
     // Warm-up: page the weights in and size the scratch buffers.
     policy
-        .generate(&prompts[..1], 1, &SamplingParams { max_tokens: 2, ..sampling.clone() }, &[])
+        .generate(
+            &prompts[..1],
+            1,
+            &SamplingParams {
+                max_tokens: 2,
+                ..sampling.clone()
+            },
+            &[],
+        )
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     policy.reset_stats();
-    tracing::info!(prompts = a.prompts, samples = a.samples, new_tokens = a.new_tokens, "generating");
+    tracing::info!(
+        prompts = a.prompts,
+        samples = a.samples,
+        new_tokens = a.new_tokens,
+        "generating"
+    );
     let out = policy
         .generate(&prompts, a.samples, &sampling, &[])
         .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -102,14 +132,19 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         let get = |k: &str| theirs.get(k).and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
         report["llamacpp"] = theirs.clone();
         report["prefill_vs_llamacpp"] = round2(prefill_tok_s / get("prefill_tok_s")).into();
-        report["decode_vs_llamacpp_batch"] = round2(decode_tok_s / get("decode_tok_s_batch")).into();
+        report["decode_vs_llamacpp_batch"] =
+            round2(decode_tok_s / get("decode_tok_s_batch")).into();
     }
     if a.json {
         println!("{report}");
     } else {
         let mut o = std::io::stdout().lock();
         writeln!(o, "model {} ({} threads)", a.model, threads)?;
-        writeln!(o, "prefill: {} prompt tokens, {:.1} tok/s", st.prefill_tokens, prefill_tok_s)?;
+        writeln!(
+            o,
+            "prefill: {} prompt tokens, {:.1} tok/s",
+            st.prefill_tokens, prefill_tok_s
+        )?;
         writeln!(
             o,
             "decode: {sequences} sequences ({} prompts × {} samples), {new_tokens} new tokens, {:.1} tok/s aggregate",
@@ -127,7 +162,12 @@ fn round2(x: f64) -> f64 {
 }
 
 /// Runs the embedded llama.cpp benchmark script and returns its JSON object.
-fn llamacpp(model: &std::path::Path, threads: usize, sequences: usize, new_tokens: usize) -> Result<serde_json::Value> {
+fn llamacpp(
+    model: &std::path::Path,
+    threads: usize,
+    sequences: usize,
+    new_tokens: usize,
+) -> Result<serde_json::Value> {
     let python = rstar_gpu::grade::python_interpreter().map_err(|e| anyhow::anyhow!("{e}"))?;
     let dir = std::env::temp_dir().join(format!("rstar-llamacpp-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -160,6 +200,11 @@ fn llamacpp(model: &std::path::Path, threads: usize, sequences: usize, new_token
         out.status
     );
     let text = String::from_utf8_lossy(&out.stdout);
-    let line = text.lines().rev().find(|l| l.trim_start().starts_with('{')).unwrap_or("");
-    serde_json::from_str(line).with_context(|| format!("llama.cpp's benchmark printed no JSON: {text}"))
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('{'))
+        .unwrap_or("");
+    serde_json::from_str(line)
+        .with_context(|| format!("llama.cpp's benchmark printed no JSON: {text}"))
 }

@@ -91,6 +91,38 @@ impl LocalPolicy {
         }
     }
 
+    /// Writes the model as a Hugging Face directory (f32 safetensors, `config.json`,
+    /// `tokenizer.json`, `tokenizer_config.json` with the EOS token and chat template) that
+    /// [`LocalPolicy::load`] and Hugging Face tools read back.
+    pub fn save_hf_dir(&self, dir: &Path) -> Result<(), ModelError> {
+        self.model.save_safetensors_dir(dir)?;
+        let err = |p: &Path, e: &dyn std::fmt::Display| ModelError::File {
+            path: p.display().to_string(),
+            msg: e.to_string(),
+        };
+        let tok_path = dir.join("tokenizer.json");
+        self.tokenizer
+            .inner()
+            .save(&tok_path, false)
+            .map_err(|e| err(&tok_path, &e))?;
+        let name = |id: Option<u32>| id.and_then(|i| self.tokenizer.id_to_token(i));
+        let mut cfg = serde_json::json!({
+            "add_bos_token": self.tokenizer.adds_bos(),
+            "eos_token": name(self.tokenizer.eos_ids().first().copied()),
+            "bos_token": name(self.tokenizer.bos_id()),
+        });
+        if let Some(t) = self.tokenizer.chat_template_source() {
+            cfg["chat_template"] = t.into();
+        }
+        let cfg_path = dir.join("tokenizer_config.json");
+        std::fs::write(
+            &cfg_path,
+            serde_json::to_string_pretty(&cfg).unwrap_or_default(),
+        )
+        .map_err(|e| err(&cfg_path, &e))?;
+        Ok(())
+    }
+
     pub fn model(&self) -> &Arc<Transformer> {
         &self.model
     }
@@ -139,7 +171,10 @@ impl LocalPolicy {
                     let (cache, tail) = tail.split_first_mut().expect("prompt index in range");
                     rest = tail;
                     offset = p + 1;
-                    segs.push(Segment { tokens: &prompts[p][from..to], cache });
+                    segs.push(Segment {
+                        tokens: &prompts[p][from..to],
+                        cache,
+                    });
                 }
                 self.model.forward(&mut segs, Output::Logits)?
             };
@@ -167,10 +202,16 @@ fn validate(sampling: &SamplingParams, n: usize) -> Result<(), ModelError> {
         return Err(ModelError::Request("n must be at least 1".into()));
     }
     if !sampling.temperature.is_finite() || sampling.temperature < 0.0 {
-        return Err(ModelError::Request(format!("temperature {} must be a finite number ≥ 0", sampling.temperature)));
+        return Err(ModelError::Request(format!(
+            "temperature {} must be a finite number ≥ 0",
+            sampling.temperature
+        )));
     }
     if !(sampling.top_p > 0.0 && sampling.top_p <= 1.0) {
-        return Err(ModelError::Request(format!("top_p {} must be in (0, 1]", sampling.top_p)));
+        return Err(ModelError::Request(format!(
+            "top_p {} must be in (0, 1]",
+            sampling.top_p
+        )));
     }
     if sampling.top_k == Some(0) {
         return Err(ModelError::Request("top_k must be at least 1".into()));
@@ -185,9 +226,16 @@ fn sampler(sampling: &SamplingParams, prompt: usize, sample: usize) -> LogitsPro
     } else {
         match (sampling.top_k, sampling.top_p < 1.0) {
             (None, false) => Sampling::All { temperature: t },
-            (None, true) => Sampling::TopP { p: sampling.top_p, temperature: t },
+            (None, true) => Sampling::TopP {
+                p: sampling.top_p,
+                temperature: t,
+            },
             (Some(k), false) => Sampling::TopK { k, temperature: t },
-            (Some(k), true) => Sampling::TopKThenTopP { k, p: sampling.top_p, temperature: t },
+            (Some(k), true) => Sampling::TopKThenTopP {
+                k,
+                p: sampling.top_p,
+                temperature: t,
+            },
         }
     };
     LogitsProcessor::from_sampling(seq_seed(sampling.seed, prompt, sample), mode)
@@ -202,7 +250,11 @@ fn seq_seed(seed: u64, prompt: usize, sample: usize) -> u64 {
 }
 
 /// Finds the earliest stop string that ends inside `text[from..]`; returns (byte index, stop).
-pub(crate) fn find_stop<'s>(text: &str, from: usize, stops: &'s [String]) -> Option<(usize, &'s str)> {
+pub(crate) fn find_stop<'s>(
+    text: &str,
+    from: usize,
+    stops: &'s [String],
+) -> Option<(usize, &'s str)> {
     let longest = stops.iter().map(String::len).max().unwrap_or(0);
     let mut start = from.saturating_sub(longest.saturating_sub(1));
     while !text.is_char_boundary(start) {
@@ -211,7 +263,11 @@ pub(crate) fn find_stop<'s>(text: &str, from: usize, stops: &'s [String]) -> Opt
     stops
         .iter()
         .filter(|s| !s.is_empty())
-        .filter_map(|s| text[start..].find(s.as_str()).map(|i| (start + i, s.as_str())))
+        .filter_map(|s| {
+            text[start..]
+                .find(s.as_str())
+                .map(|i| (start + i, s.as_str()))
+        })
         .min_by_key(|&(i, _)| i)
 }
 
@@ -246,7 +302,9 @@ impl Policy for LocalPolicy {
         for (i, p) in prompts.iter().enumerate() {
             let t = self.tokenizer.encode(p)?;
             if t.is_empty() {
-                return Err(ModelError::Request(format!("prompt {i} is empty (no tokens)")));
+                return Err(ModelError::Request(format!(
+                    "prompt {i} is empty (no tokens)"
+                )));
             }
             if t.len() >= ctx {
                 return Err(ModelError::Request(format!(
@@ -360,7 +418,10 @@ impl LocalPolicy {
                         let (s, tail) = tail.split_first_mut().expect("live index in range");
                         rest = tail;
                         offset = i + 1;
-                        segs.push(Segment { tokens: std::slice::from_ref(&pending[k]), cache: &mut s.cache });
+                        segs.push(Segment {
+                            tokens: std::slice::from_ref(&pending[k]),
+                            cache: &mut s.cache,
+                        });
                     }
                     self.model.forward(&mut segs, Output::Logits)?
                 };
@@ -371,7 +432,8 @@ impl LocalPolicy {
                 }
             }
         }
-        let mut out: Vec<Vec<Completion>> = (0..prompts.len()).map(|_| Vec::with_capacity(n)).collect();
+        let mut out: Vec<Vec<Completion>> =
+            (0..prompts.len()).map(|_| Vec::with_capacity(n)).collect();
         for s in seqs {
             self.stats.decode_tokens += s.tokens;
             debug_assert_eq!(out[s.prompt].len(), s.sample);
@@ -397,7 +459,10 @@ mod tests {
         assert_eq!(find_stop(text, 6, &stops), None);
         let text = "x = 1\n<end_of_step>";
         // The last token added only "ep>", but the match started earlier.
-        assert_eq!(find_stop(text, text.len() - 3, &stops), Some((6, "<end_of_step>")));
+        assert_eq!(
+            find_stop(text, text.len() - 3, &stops),
+            Some((6, "<end_of_step>"))
+        );
         // Earliest match wins.
         let text = "a```output b<end_of_step>";
         assert_eq!(find_stop(text, 0, &stops), Some((1, "```output")));

@@ -10,6 +10,7 @@
 
 pub mod generate;
 pub mod openai;
+pub mod ppm;
 pub mod qmatmul;
 pub mod transformer;
 pub mod tokenizer;

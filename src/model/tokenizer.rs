@@ -1036,7 +1036,7 @@ mod tests {
                 x ^= x << 13;
                 x ^= x >> 7;
                 x ^= x << 17;
-                ids.push(if x % 17 == 0 {
+                ids.push(if x.is_multiple_of(17) {
                     1
                 } else {
                     byte(interesting[(x >> 8) as usize % interesting.len()])

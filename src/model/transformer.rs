@@ -24,6 +24,7 @@
 //! Attention runs on the host; with the `cuda` feature the projections and MLPs run on the GPU and
 //! the per-layer Q/K/V round-trip to the host (correct, not yet fast: see the closing notes).
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -199,14 +200,21 @@ pub struct Transformer {
 }
 
 fn file_err(path: &Path, msg: impl std::fmt::Display) -> ModelError {
-    ModelError::File { path: path.display().to_string(), msg: msg.to_string() }
+    ModelError::File {
+        path: path.display().to_string(),
+        msg: msg.to_string(),
+    }
 }
 
 /// Reads the header of a GGUF file, with errors that name the file.
 pub fn read_gguf(path: &Path) -> Result<(gguf_file::Content, std::fs::File), ModelError> {
     let mut file = std::fs::File::open(path).map_err(|e| file_err(path, e))?;
-    let content = gguf_file::Content::read(&mut file)
-        .map_err(|e| file_err(path, format!("not a readable GGUF file ({e}); re-fetch it with `rstar-gpu assets fetch`")))?;
+    let content = gguf_file::Content::read(&mut file).map_err(|e| {
+        file_err(
+            path,
+            format!("not a readable GGUF file ({e}); re-fetch it with `rstar-gpu assets fetch`"),
+        )
+    })?;
     Ok((content, file))
 }
 
@@ -215,7 +223,11 @@ fn needs_requant(dtype: GgmlDType) -> bool {
     matches!(dtype, GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1)
 }
 
-fn md<'a>(ct: &'a gguf_file::Content, key: &str, path: &Path) -> Result<&'a gguf_file::Value, ModelError> {
+fn md<'a>(
+    ct: &'a gguf_file::Content,
+    key: &str,
+    path: &Path,
+) -> Result<&'a gguf_file::Value, ModelError> {
     ct.metadata
         .get(key)
         .ok_or_else(|| file_err(path, format!("GGUF metadata has no `{key}`")))
@@ -283,7 +295,12 @@ impl Transformer {
             }
         }
         if n_head == 0 || n_kv_head == 0 || n_head % n_kv_head != 0 || d_model % n_head != 0 {
-            return Err(file_err(path, format!("inconsistent heads: {n_head} heads, {n_kv_head} kv heads, d_model {d_model}")));
+            return Err(file_err(
+                path,
+                format!(
+                    "inconsistent heads: {n_head} heads, {n_kv_head} kv heads, d_model {d_model}"
+                ),
+            ));
         }
         let load = |file: &mut R, name: &str| -> Result<QTensor, ModelError> {
             ct.tensor(file, name, device)
@@ -295,7 +312,10 @@ impl Transformer {
                     // candle has no SIMD dot product for these formats (a scalar loop: ~10×
                     // slower); Q8_0 holds their values almost exactly and has one.
                     let f = q.dequantize(device)?;
-                    Ok(QMatMul::from_qtensor(QTensor::quantize(&f, GgmlDType::Q8_0)?)?)
+                    Ok(QMatMul::from_qtensor(QTensor::quantize(
+                        &f,
+                        GgmlDType::Q8_0,
+                    )?)?)
                 }
                 WeightMode::Quantized => Ok(QMatMul::from_qtensor(q)?),
                 WeightMode::Dequantized => Ok(QMatMul::Tensor(q.dequantize(device)?)),
@@ -312,7 +332,9 @@ impl Transformer {
         let mut layers = Vec::with_capacity(n_layer);
         for i in 0..n_layer {
             let mut t = |name: &str| load(file, &format!("blk.{i}.{name}"));
-            let bias = |t: &mut dyn FnMut(&str) -> Result<QTensor, ModelError>, name: &str| -> Result<Option<Tensor>, ModelError> {
+            let bias = |t: &mut dyn FnMut(&str) -> Result<QTensor, ModelError>,
+                        name: &str|
+             -> Result<Option<Tensor>, ModelError> {
                 match arch {
                     Arch::Qwen2 => Ok(Some(t(name)?.dequantize(device)?)),
                     Arch::Llama => Ok(None),
@@ -349,7 +371,14 @@ impl Transformer {
             rope_neox: arch == Arch::Qwen2,
             context_length,
         };
-        Ok(Self::assemble(cfg, device.clone(), embed, layers, norm, lm_head))
+        Ok(Self::assemble(
+            cfg,
+            device.clone(),
+            embed,
+            layers,
+            norm,
+            lm_head,
+        ))
     }
 
     /// Loads a Hugging Face directory (`config.json` + `*.safetensors`) of a Llama or Qwen2 model
@@ -357,7 +386,8 @@ impl Transformer {
     pub fn from_safetensors_dir(dir: &Path, device: &Device) -> Result<Self, ModelError> {
         let cfg_path = dir.join("config.json");
         let text = std::fs::read_to_string(&cfg_path).map_err(|e| file_err(&cfg_path, e))?;
-        let hf: serde_json::Value = serde_json::from_str(&text).map_err(|e| file_err(&cfg_path, e))?;
+        let hf: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| file_err(&cfg_path, e))?;
         let get = |k: &str| -> Result<usize, ModelError> {
             hf.get(k)
                 .and_then(|v| v.as_u64())
@@ -378,7 +408,11 @@ impl Transformer {
         let d_model = get("hidden_size")?;
         let n_head = get("num_attention_heads")?;
         let n_kv_head = get("num_key_value_heads").unwrap_or(n_head);
-        let head_dim = hf.get("head_dim").and_then(|v| v.as_u64()).map(|v| v as usize).unwrap_or(d_model / n_head.max(1));
+        let head_dim = hf
+            .get("head_dim")
+            .and_then(|v| v.as_u64())
+            .map(|v| v as usize)
+            .unwrap_or(d_model / n_head.max(1));
         let cfg = TransformerConfig {
             arch,
             n_layer: get("num_hidden_layers")?,
@@ -387,12 +421,21 @@ impl Transformer {
             n_kv_head,
             head_dim,
             vocab: get("vocab_size")?,
-            rms_eps: hf.get("rms_norm_eps").and_then(|v| v.as_f64()).unwrap_or(1e-6),
-            rope_theta: hf.get("rope_theta").and_then(|v| v.as_f64()).unwrap_or(10_000.0),
+            rms_eps: hf
+                .get("rms_norm_eps")
+                .and_then(|v| v.as_f64())
+                .unwrap_or(1e-6),
+            rope_theta: hf
+                .get("rope_theta")
+                .and_then(|v| v.as_f64())
+                .unwrap_or(10_000.0),
             rope_neox: true,
             context_length: get("max_position_embeddings").unwrap_or(4096).min(32_768),
         };
-        let tied = hf.get("tie_word_embeddings").and_then(|v| v.as_bool()).unwrap_or(false);
+        let tied = hf
+            .get("tie_word_embeddings")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false);
         let mut files: Vec<_> = std::fs::read_dir(dir)
             .map_err(|e| file_err(dir, e))?
             .filter_map(|e| e.ok().map(|e| e.path()))
@@ -415,15 +458,20 @@ impl Transformer {
                 .map_err(ModelError::from)
         };
         let embed = take("model.embed_tokens.weight")?;
-        let lm_head = if tied { QMatMul::Tensor(embed.clone()) } else { QMatMul::Tensor(take("lm_head.weight")?) };
+        let lm_head = if tied {
+            QMatMul::Tensor(embed.clone())
+        } else {
+            QMatMul::Tensor(take("lm_head.weight")?)
+        };
         let norm = take("model.norm.weight")?;
         let mut layers = Vec::with_capacity(cfg.n_layer);
         for i in 0..cfg.n_layer {
             let p = format!("model.layers.{i}");
-            let bias = |take: &mut dyn FnMut(&str) -> Result<Tensor, ModelError>, n: &str| match arch {
-                Arch::Qwen2 => take(&format!("{p}.self_attn.{n}.bias")).map(Some),
-                Arch::Llama => Ok(None),
-            };
+            let bias =
+                |take: &mut dyn FnMut(&str) -> Result<Tensor, ModelError>, n: &str| match arch {
+                    Arch::Qwen2 => take(&format!("{p}.self_attn.{n}.bias")).map(Some),
+                    Arch::Llama => Ok(None),
+                };
             layers.push(Layer {
                 attn_norm: take(&format!("{p}.input_layernorm.weight"))?,
                 wq: QMatMul::Tensor(take(&format!("{p}.self_attn.q_proj.weight"))?),
@@ -439,7 +487,14 @@ impl Transformer {
                 w_down: QMatMul::Tensor(take(&format!("{p}.mlp.down_proj.weight"))?),
             });
         }
-        Ok(Self::assemble(cfg, device.clone(), embed, layers, norm, lm_head))
+        Ok(Self::assemble(
+            cfg,
+            device.clone(),
+            embed,
+            layers,
+            norm,
+            lm_head,
+        ))
     }
 
     fn assemble(
@@ -461,7 +516,102 @@ impl Transformer {
                 rope_sin.push(angle.sin() as f32);
             }
         }
-        Transformer { cfg, device, embed, layers, norm, lm_head, rope_cos, rope_sin }
+        Transformer {
+            cfg,
+            device,
+            embed,
+            layers,
+            norm,
+            lm_head,
+            rope_cos,
+            rope_sin,
+        }
+    }
+
+    /// Writes the model as a Hugging Face directory: `config.json` and `model.safetensors` (f32,
+    /// Hugging Face tensor names). Quantized weights are dequantized; a llama GGUF's permuted Q/K
+    /// rows are put back in Hugging Face order, so the directory loads in any HF-layout reader.
+    pub fn save_safetensors_dir(&self, dir: &Path) -> Result<(), ModelError> {
+        let cfg = &self.cfg;
+        std::fs::create_dir_all(dir).map_err(|e| file_err(dir, e))?;
+        let dense = |m: &QMatMul| -> Result<Tensor, ModelError> {
+            Ok(match m {
+                QMatMul::QTensor(q) => q.dequantize(&self.device)?,
+                QMatMul::Tensor(t) | QMatMul::TensorF16(t) => t.to_dtype(DType::F32)?,
+            })
+        };
+        // GGUF row (head, i, j) of [heads, hd/2, 2] is HF row (head, j, i) of [heads, 2, hd/2].
+        let unpermute = |t: Tensor, heads: usize| -> Result<Tensor, ModelError> {
+            if cfg.rope_neox {
+                return Ok(t);
+            }
+            let (hd, half) = (cfg.head_dim, cfg.head_dim / 2);
+            let mut idx = Vec::with_capacity(heads * hd);
+            for h in 0..heads {
+                for j in 0..2 {
+                    for i in 0..half {
+                        idx.push((h * hd + 2 * i + j) as u32);
+                    }
+                }
+            }
+            let idx = Tensor::from_vec(idx, heads * hd, &self.device)?;
+            Ok(t.index_select(&idx, 0)?)
+        };
+        let mut map: HashMap<String, Tensor> = HashMap::new();
+        map.insert("model.embed_tokens.weight".into(), self.embed.clone());
+        map.insert("model.norm.weight".into(), self.norm.clone());
+        map.insert("lm_head.weight".into(), dense(&self.lm_head)?);
+        let mut intermediate = 0;
+        for (i, l) in self.layers.iter().enumerate() {
+            let p = format!("model.layers.{i}");
+            map.insert(format!("{p}.input_layernorm.weight"), l.attn_norm.clone());
+            map.insert(
+                format!("{p}.post_attention_layernorm.weight"),
+                l.ffn_norm.clone(),
+            );
+            map.insert(
+                format!("{p}.self_attn.q_proj.weight"),
+                unpermute(dense(&l.wq)?, cfg.n_head)?,
+            );
+            map.insert(
+                format!("{p}.self_attn.k_proj.weight"),
+                unpermute(dense(&l.wk)?, cfg.n_kv_head)?,
+            );
+            map.insert(format!("{p}.self_attn.v_proj.weight"), dense(&l.wv)?);
+            map.insert(format!("{p}.self_attn.o_proj.weight"), dense(&l.wo)?);
+            for (name, b) in [("q_proj", &l.bq), ("k_proj", &l.bk), ("v_proj", &l.bv)] {
+                if let Some(b) = b {
+                    map.insert(format!("{p}.self_attn.{name}.bias"), b.clone());
+                }
+            }
+            let gate = dense(&l.w_gate)?;
+            intermediate = gate.dim(0)?;
+            map.insert(format!("{p}.mlp.gate_proj.weight"), gate);
+            map.insert(format!("{p}.mlp.up_proj.weight"), dense(&l.w_up)?);
+            map.insert(format!("{p}.mlp.down_proj.weight"), dense(&l.w_down)?);
+        }
+        let weights = dir.join("model.safetensors");
+        candle_core::safetensors::save(&map, &weights).map_err(|e| file_err(&weights, e))?;
+        let hf = serde_json::json!({
+            "architectures": [match cfg.arch { Arch::Llama => "LlamaForCausalLM", Arch::Qwen2 => "Qwen2ForCausalLM" }],
+            "model_type": match cfg.arch { Arch::Llama => "llama", Arch::Qwen2 => "qwen2" },
+            "hidden_size": cfg.d_model,
+            "intermediate_size": intermediate,
+            "num_hidden_layers": cfg.n_layer,
+            "num_attention_heads": cfg.n_head,
+            "num_key_value_heads": cfg.n_kv_head,
+            "head_dim": cfg.head_dim,
+            "vocab_size": cfg.vocab,
+            "rms_norm_eps": cfg.rms_eps,
+            "rope_theta": cfg.rope_theta,
+            "max_position_embeddings": cfg.context_length,
+            "tie_word_embeddings": false,
+            "torch_dtype": "float32",
+        });
+        let path = dir.join("config.json");
+        std::fs::write(&path, serde_json::to_string_pretty(&hf).unwrap_or_default())
+            .map_err(|e| file_err(&path, e))?;
+        Ok(())
     }
 
     pub fn config(&self) -> &TransformerConfig {
@@ -480,7 +630,11 @@ impl Transformer {
     /// Runs the new tokens of every segment through the model, appends their keys and values to
     /// the segments' caches, and returns `[segments, vocab]` logits or `[segments, d_model]`
     /// hidden states for each segment's last token.
-    pub fn forward(&self, segments: &mut [Segment<'_>], output: Output) -> Result<Tensor, ModelError> {
+    pub fn forward(
+        &self,
+        segments: &mut [Segment<'_>],
+        output: Output,
+    ) -> Result<Tensor, ModelError> {
         let cfg = &self.cfg;
         if segments.is_empty() {
             return Err(ModelError::Request("forward with no segments".into()));
@@ -503,7 +657,10 @@ impl Transformer {
             }
             for (t, &id) in seg.tokens.iter().enumerate() {
                 if id as usize >= cfg.vocab {
-                    return Err(ModelError::Request(format!("token id {id} out of vocabulary ({})", cfg.vocab)));
+                    return Err(ModelError::Request(format!(
+                        "token id {id} out of vocabulary ({})",
+                        cfg.vocab
+                    )));
                 }
                 ids.push(id);
                 rows.push((s, start + t));
@@ -585,12 +742,20 @@ impl Transformer {
 
     /// Causal attention of every new token over its own sequence's cache (which already holds
     /// the new tokens' keys and values). Returns `[N, n_head * head_dim]`, f32.
-    fn attention(&self, layer: usize, segments: &[Segment<'_>], rows: &[(usize, usize)], q: &[f32]) -> Vec<f32> {
+    fn attention(
+        &self,
+        layer: usize,
+        segments: &[Segment<'_>],
+        rows: &[(usize, usize)],
+        q: &[f32],
+    ) -> Vec<f32> {
         let (nh, nkv, hd) = (self.cfg.n_head, self.cfg.n_kv_head, self.cfg.head_dim);
         let group = nh / nkv;
         let scale = 1.0 / (hd as f32).sqrt();
-        let blocks: Vec<Vec<KvBlock<'_>>> =
-            segments.iter().map(|s| s.cache.blocks(layer, nkv * hd)).collect();
+        let blocks: Vec<Vec<KvBlock<'_>>> = segments
+            .iter()
+            .map(|s| s.cache.blocks(layer, nkv * hd))
+            .collect();
         let mut out = vec![0f32; rows.len() * nh * hd];
         let items = rows.len() * nh;
         let out_ptr = SendPtr(out.as_mut_ptr());
@@ -624,7 +789,8 @@ impl Transformer {
                 }
                 let inv = 1.0 / sum;
                 // SAFETY: item (r, h) owns out[(r*nh + h)*hd .. +hd]; items are disjoint.
-                let o = unsafe { std::slice::from_raw_parts_mut(out_ptr.0.add((r * nh + h) * hd), hd) };
+                let o =
+                    unsafe { std::slice::from_raw_parts_mut(out_ptr.0.add((r * nh + h) * hd), hd) };
                 let mut idx = 0;
                 for &(_, vb, len) in &blocks[s] {
                     let take = len.min(visible - idx);

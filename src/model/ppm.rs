@@ -1,0 +1,314 @@
+//! The process preference model (PPM): a policy-sized backbone plus a scalar value head on the
+//! last token's hidden state, squashed by `tanh` into [-1, 1].
+//!
+//! `score(question, partial_solution)` renders the question with the backbone's chat template
+//! (the same prompt the policy continues from) followed by the steps so far, runs all items of a
+//! batch through the backbone together ([`Transformer::forward`] with [`Output::Hidden`]), and
+//! applies the head. A batch scores exactly as its items one by one (rows never mix).
+//!
+//! On disk a PPM is a directory: `ppm.json` (format, version, the backbone as a model spec — an
+//! asset name, a GGUF path or a Hugging Face directory — and the head's width) and
+//! `value_head.safetensors` (`value_head.weight` `[1, d_model]`, `value_head.bias` `[1]`, f32).
+//! Training (the Bradley–Terry loss, later) updates the head and, optionally, backbone layers.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use super::tokenizer::Tokenizer;
+use super::transformer::{Output, Segment, Transformer};
+use super::ModelError;
+
+const FORMAT: &str = "rstar-gpu-ppm";
+const VERSION: u32 = 1;
+const HEAD_FILE: &str = "value_head.safetensors";
+
+/// `ppm.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PpmConfig {
+    pub format: String,
+    pub version: u32,
+    /// The backbone as a model spec: an asset name, a `.gguf` path or a Hugging Face directory.
+    pub backbone: String,
+    /// Width of the backbone's hidden state (the head's input).
+    pub d_model: usize,
+}
+
+/// A process preference model ready to score.
+pub struct Ppm {
+    backbone: Arc<Transformer>,
+    tokenizer: Tokenizer,
+    cfg: PpmConfig,
+    /// Value head weight `[d_model]`, f32.
+    head_w: Vec<f32>,
+    /// Value head bias.
+    head_b: f32,
+    /// Most tokens per forward call while scoring.
+    pub chunk_tokens: usize,
+}
+
+impl Ppm {
+    /// A PPM over `backbone` with a freshly initialised head: weights ~ N(0, 1/d_model) from
+    /// `seed`, bias 0. `backbone_spec` is recorded so that [`Ppm::load`] can find it again.
+    pub fn new(
+        backbone: Arc<Transformer>,
+        tokenizer: Tokenizer,
+        backbone_spec: &str,
+        seed: u64,
+    ) -> Self {
+        let d = backbone.config().d_model;
+        let std = 1.0 / (d as f64).sqrt();
+        let mut state = seed ^ 0x5DEE_CE66_D1CE_4E5B;
+        let head_w = (0..d)
+            .map(|_| (gaussian(&mut state) * std) as f32)
+            .collect();
+        Ppm {
+            backbone,
+            tokenizer,
+            cfg: PpmConfig {
+                format: FORMAT.into(),
+                version: VERSION,
+                backbone: backbone_spec.into(),
+                d_model: d,
+            },
+            head_w,
+            head_b: 0.0,
+            chunk_tokens: 2048,
+        }
+    }
+
+    /// A PPM from its parts (a trained head).
+    pub fn with_head(
+        backbone: Arc<Transformer>,
+        tokenizer: Tokenizer,
+        backbone_spec: &str,
+        head_w: Vec<f32>,
+        head_b: f32,
+    ) -> Result<Self, ModelError> {
+        let d = backbone.config().d_model;
+        if head_w.len() != d {
+            return Err(ModelError::Request(format!(
+                "value head has {} weights; the backbone's width is {d}",
+                head_w.len()
+            )));
+        }
+        if !head_b.is_finite() || head_w.iter().any(|w| !w.is_finite()) {
+            return Err(ModelError::Request(
+                "value head has non-finite weights".into(),
+            ));
+        }
+        let mut p = Ppm::new(backbone, tokenizer, backbone_spec, 0);
+        p.head_w = head_w;
+        p.head_b = head_b;
+        Ok(p)
+    }
+
+    /// Reads `dir/ppm.json` and the head; the backbone is loaded by `load_backbone(spec)`
+    /// (the caller resolves asset names and shares an already-loaded policy model when the spec
+    /// matches).
+    pub fn load(
+        dir: &Path,
+        load_backbone: impl FnOnce(&str) -> Result<(Arc<Transformer>, Tokenizer), ModelError>,
+    ) -> Result<Self, ModelError> {
+        let cfg = Self::read_config(dir)?;
+        let head_path = dir.join(HEAD_FILE);
+        let tensors = candle_core::safetensors::load(&head_path, &Device::Cpu).map_err(|e| {
+            ModelError::File {
+                path: head_path.display().to_string(),
+                msg: format!("cannot read the value head ({e})"),
+            }
+        })?;
+        let get = |name: &str| -> Result<Vec<f32>, ModelError> {
+            let t = tensors.get(name).ok_or_else(|| ModelError::File {
+                path: head_path.display().to_string(),
+                msg: format!("no tensor `{name}`"),
+            })?;
+            Ok(t.flatten_all()?
+                .to_dtype(candle_core::DType::F32)?
+                .to_vec1::<f32>()?)
+        };
+        let w = get("value_head.weight")?;
+        let b = get("value_head.bias")?;
+        if w.len() != cfg.d_model || b.len() != 1 {
+            return Err(ModelError::File {
+                path: head_path.display().to_string(),
+                msg: format!(
+                    "value head shapes [{}] and [{}]; expected [{}] and [1]",
+                    w.len(),
+                    b.len(),
+                    cfg.d_model
+                ),
+            });
+        }
+        let (backbone, tokenizer) = load_backbone(&cfg.backbone)?;
+        if backbone.config().d_model != cfg.d_model {
+            return Err(ModelError::File {
+                path: dir.join("ppm.json").display().to_string(),
+                msg: format!(
+                    "the head is {} wide but backbone `{}` is {} wide",
+                    cfg.d_model,
+                    cfg.backbone,
+                    backbone.config().d_model
+                ),
+            });
+        }
+        Self::with_head(backbone, tokenizer, &cfg.backbone, w, b[0])
+    }
+
+    /// Reads and checks `dir/ppm.json` only.
+    pub fn read_config(dir: &Path) -> Result<PpmConfig, ModelError> {
+        let path = dir.join("ppm.json");
+        let err = |msg: String| ModelError::File {
+            path: path.display().to_string(),
+            msg,
+        };
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| err(format!("{e} (a PPM is a directory holding ppm.json)")))?;
+        let cfg: PpmConfig =
+            serde_json::from_str(&text).map_err(|e| err(format!("not a PPM config: {e}")))?;
+        if cfg.format != FORMAT || cfg.version != VERSION {
+            return Err(err(format!(
+                "format {} v{}; expected {FORMAT} v{VERSION}",
+                cfg.format, cfg.version
+            )));
+        }
+        Ok(cfg)
+    }
+
+    /// Writes `dir/ppm.json` and `dir/value_head.safetensors` (each replaced atomically).
+    pub fn save(&self, dir: &Path) -> Result<(), ModelError> {
+        let io = |p: &Path, e: std::io::Error| ModelError::File {
+            path: p.display().to_string(),
+            msg: e.to_string(),
+        };
+        std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+        let head_path = dir.join(HEAD_FILE);
+        let tmp = dir.join(format!(".{HEAD_FILE}.tmp"));
+        let mut map = HashMap::new();
+        map.insert(
+            "value_head.weight".to_string(),
+            Tensor::from_vec(self.head_w.clone(), (1, self.cfg.d_model), &Device::Cpu)?,
+        );
+        map.insert(
+            "value_head.bias".to_string(),
+            Tensor::from_vec(vec![self.head_b], 1, &Device::Cpu)?,
+        );
+        candle_core::safetensors::save(&map, &tmp)?;
+        std::fs::rename(&tmp, &head_path).map_err(|e| io(&head_path, e))?;
+        let cfg_path = dir.join("ppm.json");
+        let tmp = dir.join(".ppm.json.tmp");
+        let text = serde_json::to_string_pretty(&self.cfg)
+            .map_err(|e| ModelError::Request(e.to_string()))?;
+        std::fs::write(&tmp, text).map_err(|e| io(&tmp, e))?;
+        std::fs::rename(&tmp, &cfg_path).map_err(|e| io(&cfg_path, e))?;
+        Ok(())
+    }
+
+    pub fn config(&self) -> &PpmConfig {
+        &self.cfg
+    }
+
+    pub fn backbone(&self) -> &Arc<Transformer> {
+        &self.backbone
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// The value head: (weights `[d_model]`, bias).
+    pub fn head(&self) -> (&[f32], f32) {
+        (&self.head_w, self.head_b)
+    }
+
+    /// The text the backbone reads for (question, partial solution).
+    pub fn input_text(&self, question: &str, partial_solution: &str) -> String {
+        let mut s = self.tokenizer.chat_prompt(None, question);
+        s.push_str(partial_solution);
+        s
+    }
+
+    /// Final-norm hidden states of the last token of each text, `[texts, d_model]` f32.
+    pub fn hidden(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, ModelError> {
+        let ctx = self.backbone.config().context_length;
+        let mut ids = Vec::with_capacity(texts.len());
+        for (i, t) in texts.iter().enumerate() {
+            let tok = self.tokenizer.encode(t)?;
+            if tok.is_empty() || tok.len() > ctx {
+                return Err(ModelError::Request(format!(
+                    "PPM input {i} has {} tokens (must be 1..={ctx})",
+                    tok.len()
+                )));
+            }
+            ids.push(tok);
+        }
+        let mut out = Vec::with_capacity(texts.len());
+        let mut start = 0;
+        while start < ids.len() {
+            // Items go whole into a call (no cache is kept between calls), as many as fit.
+            let mut end = start;
+            let mut total = 0;
+            while end < ids.len() && (end == start || total + ids[end].len() <= self.chunk_tokens) {
+                total += ids[end].len();
+                end += 1;
+            }
+            let mut caches: Vec<_> = (start..end).map(|_| self.backbone.new_cache()).collect();
+            let mut segs: Vec<Segment<'_>> = caches
+                .iter_mut()
+                .zip(&ids[start..end])
+                .map(|(cache, tokens)| Segment { tokens, cache })
+                .collect();
+            let h = self.backbone.forward(&mut segs, Output::Hidden)?;
+            for row in h.to_vec2::<f32>()? {
+                out.push(row);
+            }
+            start = end;
+        }
+        Ok(out)
+    }
+
+    /// Scores `(question, partial_solution)` pairs in one batch; each score is in [-1, 1].
+    pub fn score(&self, items: &[(&str, &str)]) -> Result<Vec<f32>, ModelError> {
+        let texts: Vec<String> = items.iter().map(|(q, p)| self.input_text(q, p)).collect();
+        let hidden = self.hidden(&texts)?;
+        Ok(hidden.iter().map(|h| self.head_value(h)).collect())
+    }
+
+    /// `tanh(w · h + b)` for one hidden state.
+    pub fn head_value(&self, h: &[f32]) -> f32 {
+        let z: f32 = h.iter().zip(&self.head_w).map(|(a, b)| a * b).sum::<f32>() + self.head_b;
+        z.tanh()
+    }
+}
+
+/// A standard normal draw (Box–Muller over SplitMix64), enough for initialising a head.
+fn gaussian(state: &mut u64) -> f64 {
+    let mut next = || {
+        *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = *state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let u1 = next().max(1e-300);
+    let u2 = next();
+    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gaussian_has_unit_variance() {
+        let mut s = 42;
+        let xs: Vec<f64> = (0..20_000).map(|_| gaussian(&mut s)).collect();
+        let mean = xs.iter().sum::<f64>() / xs.len() as f64;
+        let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / xs.len() as f64;
+        assert!(mean.abs() < 0.03, "mean {mean}");
+        assert!((var - 1.0).abs() < 0.05, "variance {var}");
+    }
+}
