@@ -41,6 +41,7 @@ pub mod exec;
 pub mod forest;
 pub mod grade;
 pub mod model;
+pub mod search;
 pub mod step;
 
 pub use forest::{

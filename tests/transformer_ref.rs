@@ -29,7 +29,7 @@ fn argmax(v: &[f32]) -> usize {
 fn compare_with_reference(name: &str) {
     let path = model(name);
     let dev = Device::Cpu;
-    let ours = Transformer::from_gguf(&path, WeightMode::Quantized, &dev).unwrap();
+    let ours = Transformer::from_gguf(&path, WeightMode::Stored, &dev).unwrap();
     let mut file = std::fs::File::open(&path).unwrap();
     let ct = candle_core::quantized::gguf_file::Content::read(&mut file).unwrap();
     let arch = ct.metadata["general.architecture"]

@@ -77,6 +77,8 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     tracing::info!(model = %path.display(), secs = t_load.elapsed().as_secs_f64(), "model loaded");
     policy.ignore_eos = true;
+    // Every prompt is prefilled from scratch (no reuse of the warm-up's keys and values).
+    policy.set_prefix_cache_bytes(0);
     policy.max_batch = policy.max_batch.max(a.prompts * a.samples);
     let prompts: Vec<String> = problems[..a.prompts]
         .iter()

@@ -4,6 +4,7 @@
 mod assets;
 mod bench;
 mod bench_generate;
+mod eval;
 mod exec;
 
 use clap::{Parser, Subcommand};
@@ -34,6 +35,9 @@ enum Command {
     /// Measure throughput of a component (forest kernels, ...).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Evaluate a method on a data set (GSM8K, MATH, MATH500 or a JSONL file): per-problem
+    /// JSONL, a summary JSON and a markdown report; resumable.
+    Eval(eval::EvalArgs),
     /// Run Python snippets (JSONL in, JSONL out) in the sandboxed incremental executor.
     Exec(exec::ExecArgs),
 }
@@ -44,6 +48,7 @@ pub fn main() -> i32 {
     let result = match cli.command {
         Command::Assets(a) => assets::run(a),
         Command::Bench(b) => bench::run(b),
+        Command::Eval(a) => eval::run(a),
         Command::Exec(a) => exec::run(a),
     };
     match result {

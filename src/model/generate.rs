@@ -28,8 +28,10 @@ use super::{Completion, FinishReason, ModelError, Policy, SamplingParams};
 /// Throughput counters of a [`LocalPolicy`], accumulated over its calls.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct GenStats {
-    /// Prompt tokens run through prefill.
+    /// Prompt tokens (including those whose KV came from the prefix cache).
     pub prefill_tokens: usize,
+    /// Prompt tokens whose keys and values were reused from the prefix cache, not recomputed.
+    pub reused_tokens: usize,
     pub prefill_secs: f64,
     /// Tokens generated (every sequence, stop-string tokens included).
     pub decode_tokens: usize,
@@ -49,7 +51,76 @@ pub struct LocalPolicy {
     pub max_batch: usize,
     /// Keep generating past end-of-sequence tokens (benchmarks that need fixed lengths).
     pub ignore_eos: bool,
+    /// KV caches of recent prompts and finished sequences, reused by later prompts that start
+    /// with the same tokens (a few-shot prompt shared by every problem; the next step of a
+    /// solution, whose prompt is the previous prompt plus the step just generated).
+    prefix_cache: PrefixCache,
     stats: GenStats,
+}
+
+/// Recently computed KV caches keyed by their tokens, least recently used evicted first.
+struct PrefixCache {
+    entries: Vec<CacheEntry>,
+    /// Most bytes of KV held by entries (their own buffers; shared prefixes counted once).
+    budget: usize,
+    clock: u64,
+}
+
+struct CacheEntry {
+    tokens: Vec<u32>,
+    cache: Arc<KvCache>,
+    bytes: usize,
+    used: u64,
+}
+
+impl PrefixCache {
+    /// The entry sharing the longest prefix with `tokens`, and that length (at most
+    /// `tokens.len() - 1`: the last prompt token must run to give the next-token logits).
+    fn lookup(&mut self, tokens: &[u32]) -> Option<(Arc<KvCache>, usize)> {
+        let cap = tokens.len().saturating_sub(1);
+        let mut best: Option<(usize, usize)> = None;
+        for (i, e) in self.entries.iter().enumerate() {
+            let l = e
+                .tokens
+                .iter()
+                .zip(tokens)
+                .take_while(|(a, b)| a == b)
+                .count()
+                .min(cap);
+            if l > 0 && best.is_none_or(|(_, bl)| l > bl) {
+                best = Some((i, l));
+            }
+        }
+        let (i, l) = best?;
+        self.clock += 1;
+        self.entries[i].used = self.clock;
+        Some((self.entries[i].cache.clone(), l))
+    }
+
+    fn insert(&mut self, tokens: Vec<u32>, cache: Arc<KvCache>) {
+        if self.budget == 0 || tokens.is_empty() {
+            return;
+        }
+        self.clock += 1;
+        // An entry that this one extends is now redundant for lookups.
+        self.entries
+            .retain(|e| !(e.tokens.len() <= tokens.len() && tokens.starts_with(&e.tokens)));
+        let bytes = cache.own_bytes();
+        self.entries.push(CacheEntry {
+            tokens,
+            cache,
+            bytes,
+            used: self.clock,
+        });
+        while self.entries.iter().map(|e| e.bytes).sum::<usize>() > self.budget
+            && self.entries.len() > 1
+        {
+            let oldest = (0..self.entries.len())
+                .min_by_key(|&i| self.entries[i].used)
+                .unwrap_or(0);
+            self.entries.swap_remove(oldest);
+        }
+    }
 }
 
 impl LocalPolicy {
@@ -87,6 +158,11 @@ impl LocalPolicy {
             prefill_chunk: 512,
             max_batch: 64,
             ignore_eos: false,
+            prefix_cache: PrefixCache {
+                entries: Vec::new(),
+                budget: 1 << 30,
+                clock: 0,
+            },
             stats: GenStats::default(),
         }
     }
@@ -139,12 +215,73 @@ impl LocalPolicy {
         self.stats = GenStats::default();
     }
 
+    /// Sets the prefix cache's budget in bytes of KV (0 turns reuse off); default 1 GiB.
+    pub fn set_prefix_cache_bytes(&mut self, bytes: usize) {
+        self.prefix_cache.budget = bytes;
+        if bytes == 0 {
+            self.prefix_cache.entries.clear();
+        }
+    }
+
     /// Prefills `prompts` (token ids) and returns each prompt's frozen cache and last-token
     /// logits `[vocab]`.
     fn prefill(&mut self, prompts: &[Vec<u32>]) -> Result<Vec<(Arc<KvCache>, Tensor)>, ModelError> {
         let t0 = Instant::now();
-        let mut caches: Vec<KvCache> = prompts.iter().map(|_| self.model.new_cache()).collect();
+        // Prompts of one call often share a long head (a few-shot prompt): compute it once and
+        // let every prompt fork it, unless the cache already covers it.
+        if prompts.len() > 1 {
+            let common = prompts[1..].iter().fold(prompts[0].len(), |l, p| {
+                l.min(
+                    p.iter()
+                        .zip(&prompts[0])
+                        .take_while(|(a, b)| a == b)
+                        .count(),
+                )
+            });
+            let common = common.min(
+                prompts
+                    .iter()
+                    .map(Vec::len)
+                    .min()
+                    .unwrap_or(0)
+                    .saturating_sub(1),
+            );
+            let covered = self
+                .prefix_cache
+                .lookup(&prompts[0][..common + 1])
+                .map_or(0, |(_, l)| l);
+            if common >= 16 && covered < common && self.prefix_cache.budget > 0 {
+                let mut head = match self.prefix_cache.lookup(&prompts[0][..common]) {
+                    Some((shared, len)) => KvCache::fork_prefix(&shared, len),
+                    None => self.model.new_cache(),
+                };
+                let from = head.len();
+                for part in prompts[0][from..common].chunks(self.prefill_chunk.max(1)) {
+                    self.model.forward(
+                        &mut [Segment {
+                            tokens: part,
+                            cache: &mut head,
+                        }],
+                        Output::Hidden,
+                    )?;
+                    self.stats.forward_calls += 1;
+                }
+                self.prefix_cache
+                    .insert(prompts[0][..common].to_vec(), Arc::new(head));
+            }
+        }
+        let mut caches = Vec::with_capacity(prompts.len());
         let mut done = vec![0usize; prompts.len()];
+        for (i, p) in prompts.iter().enumerate() {
+            match self.prefix_cache.lookup(p) {
+                Some((shared, len)) => {
+                    caches.push(KvCache::fork_prefix(&shared, len));
+                    done[i] = len;
+                    self.stats.reused_tokens += len;
+                }
+                None => caches.push(self.model.new_cache()),
+            }
+        }
         let mut logits: Vec<Option<Tensor>> = vec![None; prompts.len()];
         let mut next = 0; // first prompt not fully prefilled
         while next < prompts.len() {
@@ -189,11 +326,16 @@ impl LocalPolicy {
         }
         self.stats.prefill_tokens += prompts.iter().map(Vec::len).sum::<usize>();
         self.stats.prefill_secs += t0.elapsed().as_secs_f64();
-        Ok(caches
-            .into_iter()
-            .zip(logits)
-            .map(|(c, l)| (Arc::new(c), l.expect("every prompt prefilled")))
-            .collect())
+        let mut out = Vec::with_capacity(prompts.len());
+        for ((c, l), p) in caches.into_iter().zip(logits).zip(prompts) {
+            let c = Arc::new(c);
+            self.prefix_cache.insert(p.clone(), c.clone());
+            let l = l.ok_or_else(|| {
+                ModelError::Request("internal: a prompt was not prefilled".into())
+            })?;
+            out.push((c, l));
+        }
+        Ok(out)
     }
 }
 
@@ -281,6 +423,8 @@ struct Seq {
     tokens: usize,
     /// The token sampled last, not yet run through the model.
     pending: u32,
+    /// The prompt followed by every token run through the model so far (the cache's tokens).
+    fed: Vec<u32>,
     finish: Option<FinishReason>,
 }
 
@@ -360,6 +504,7 @@ impl LocalPolicy {
                     text: String::new(),
                     tokens: 0,
                     pending,
+                    fed: prompts[p].clone(),
                     finish: None,
                 });
             }
@@ -428,7 +573,9 @@ impl LocalPolicy {
                 self.stats.forward_calls += 1;
                 for (row, &i) in chunk.iter().enumerate() {
                     let l = logits.get(row)?;
-                    seqs[i].pending = seqs[i].sampler.sample(&l)?;
+                    let s = &mut seqs[i];
+                    s.fed.push(s.pending);
+                    s.pending = s.sampler.sample(&l)?;
                 }
             }
         }
@@ -436,6 +583,10 @@ impl LocalPolicy {
             (0..prompts.len()).map(|_| Vec::with_capacity(n)).collect();
         for s in seqs {
             self.stats.decode_tokens += s.tokens;
+            // The finished sequence's cache serves a next prompt that continues its text.
+            if s.fed.len() > prompts[s.prompt].len() {
+                self.prefix_cache.insert(s.fed, Arc::new(s.cache));
+            }
             debug_assert_eq!(out[s.prompt].len(), s.sample);
             out[s.prompt].push(Completion {
                 text: s.text,

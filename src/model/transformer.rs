@@ -75,9 +75,13 @@ pub struct TransformerConfig {
 /// How GGUF weights are held in memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum WeightMode {
-    /// As stored in the file (Q4_K, Q6_K, …): the fast inference path.
+    /// As stored in the file (Q4_K, Q6_K, …), except formats candle has no SIMD kernel for
+    /// (Q4_1, Q5_0, Q5_1), which are re-quantized to Q8_0: the fast inference path.
     #[default]
     Quantized,
+    /// Exactly as stored, no re-quantization (slow for Q4_1/Q5_x; for checks against other
+    /// implementations of the same file).
+    Stored,
     /// Dequantized to f32: the float model that fine-tuning starts from.
     Dequantized,
 }
@@ -144,22 +148,34 @@ impl KvCache {
         }
     }
 
+    /// A new cache that continues the first `len` positions of `shared` (all of them if `len`
+    /// is larger): reuse of a cached prefix that only partly matches a new prompt.
+    pub fn fork_prefix(shared: &Arc<KvCache>, len: usize) -> KvCache {
+        let mut c = KvCache::fork(shared);
+        c.prefix_len = len.min(shared.len());
+        c
+    }
+
     /// Bytes held by this cache's own buffers (not its shared prefix).
     pub fn own_bytes(&self) -> usize {
         self.k.iter().chain(&self.v).map(|b| b.len() * 4).sum()
     }
 
-    /// The key/value blocks of `layer`, oldest first, as `(keys, values, positions)`;
-    /// `row` = floats per position (`n_kv_head * head_dim`). Counts what the buffers hold, which
-    /// during a forward call includes the new tokens of layers already run.
-    fn blocks(&self, layer: usize, row: usize) -> Vec<KvBlock<'_>> {
+    /// The key/value blocks of `layer` covering positions `[0, limit)`, oldest first; `row` =
+    /// floats per position (`n_kv_head * head_dim`). Counts what the buffers hold, which during a
+    /// forward call includes the new tokens of layers already run.
+    fn blocks(&self, layer: usize, row: usize, limit: usize) -> Vec<KvBlock<'_>> {
         let mut out = match &self.prefix {
-            Some(p) => p.blocks(layer, row),
+            Some(p) => p.blocks(layer, row, self.prefix_len.min(limit)),
             None => Vec::new(),
         };
-        let len = self.k[layer].len() / row;
-        if len > 0 {
-            out.push((&self.k[layer][..], &self.v[layer][..], len));
+        let own = (self.k[layer].len() / row).min(limit.saturating_sub(self.prefix_len));
+        if own > 0 {
+            out.push((
+                &self.k[layer][..own * row],
+                &self.v[layer][..own * row],
+                own,
+            ));
         }
         out
     }
@@ -317,7 +333,7 @@ impl Transformer {
                         GgmlDType::Q8_0,
                     )?)?)
                 }
-                WeightMode::Quantized => Ok(QMatMul::from_qtensor(q)?),
+                WeightMode::Quantized | WeightMode::Stored => Ok(QMatMul::from_qtensor(q)?),
                 WeightMode::Dequantized => Ok(QMatMul::Tensor(q.dequantize(device)?)),
             }
         };
@@ -754,7 +770,7 @@ impl Transformer {
         let scale = 1.0 / (hd as f32).sqrt();
         let blocks: Vec<Vec<KvBlock<'_>>> = segments
             .iter()
-            .map(|s| s.cache.blocks(layer, nkv * hd))
+            .map(|s| s.cache.blocks(layer, nkv * hd, usize::MAX))
             .collect();
         let mut out = vec![0f32; rows.len() * nh * hd];
         let items = rows.len() * nh;
