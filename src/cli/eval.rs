@@ -206,6 +206,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
             "answer": ends(greedy::End::Answer),
             "code_error": ends(greedy::End::CodeError),
             "truncated": ends(greedy::End::Truncated),
+            "eos": ends(greedy::End::Eos),
             "max_depth": ends(greedy::End::MaxDepth),
         },
     });
@@ -214,11 +215,11 @@ pub fn run(a: EvalArgs) -> Result<()> {
         &serde_json::to_string_pretty(&summary)?,
     )?;
     let report = format!(
-        "# Evaluation\n\n| data | split | problems | method | prompt | model | accuracy | policy tokens | wall s |\n|---|---|---|---|---|---|---|---|---|\n| {} | {} | {} | {} | {:?} | {} | {:.1}% ({}/{}) | {} | {:.0} |\n\nEnds: {} answers, {} code errors, {} truncated, {} at max depth.\n",
+        "# Evaluation\n\n| data | split | problems | method | prompt | model | accuracy | policy tokens | wall s |\n|---|---|---|---|---|---|---|---|---|\n| {} | {} | {} | {} | {:?} | {} | {:.1}% ({}/{}) | {} | {:.0} |\n\nEnds: {} answers, {} code errors, {} truncated, {} ended without an answer step, {} at max depth.\n",
         a.data, a.split, n, a.method, a.prompt, a.model,
         100.0 * correct as f64 / n.max(1) as f64, correct, n,
         summary["policy_tokens"], wall_s,
-        ends(greedy::End::Answer), ends(greedy::End::CodeError), ends(greedy::End::Truncated), ends(greedy::End::MaxDepth),
+        ends(greedy::End::Answer), ends(greedy::End::CodeError), ends(greedy::End::Truncated), ends(greedy::End::Eos), ends(greedy::End::MaxDepth),
     );
     write_atomic(&a.out.join("report.md"), &report)?;
     if a.json {

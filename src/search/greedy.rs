@@ -52,6 +52,9 @@ pub enum End {
     CodeError,
     /// A step hit the token limit without a stop string.
     Truncated,
+    /// The model ended its turn (end-of-sequence) before an answer step; the answer, if any,
+    /// comes from the last program output.
+    Eos,
     /// `max_depth` steps without an answer.
     MaxDepth,
 }
@@ -192,6 +195,7 @@ fn solve_code(
             let step = parse_step(&c.text, stop);
             let st = &mut states[i];
             st.tokens += c.tokens;
+            let eos = c.finish == crate::model::FinishReason::Eos;
             if step.needs_execution() {
                 let id = format!("greedy{run}-{i}-{depth}");
                 snippets.push(Snippet {
@@ -202,10 +206,16 @@ fn solve_code(
                 });
                 owners.push((i, id));
             }
-            if step.stop == StopReason::Length {
-                st.end = Some(End::Truncated);
-            } else if step.is_final() || step.stop == StopReason::EndOfAnswer {
+            if step.is_final() || step.stop == StopReason::EndOfAnswer {
                 st.end = Some(End::Answer);
+            } else if eos {
+                st.end = Some(End::Eos);
+            } else if step.stop == StopReason::Length {
+                st.end = Some(End::Truncated);
+            }
+            // An empty final generation (the model just ended its turn) is not a step.
+            if st.end.is_some() && step.raw.trim().is_empty() {
+                continue;
             }
             st.steps.push(step);
         }
