@@ -89,6 +89,14 @@ fn main() {
 /// Quick tuning mode (`RSTAR_QMATMUL_TUNE=1`): best-of-N wall times, robust to a busy machine.
 #[allow(dead_code)]
 fn tune() {
+    let kernel = match std::env::var("RSTAR_QMATMUL_KERNEL").as_deref() {
+        Ok("scalar") => Kernel::Scalar,
+        Ok("avx2") => Kernel::Avx2,
+        Ok("avxvnni") => Kernel::AvxVnni,
+        Ok("avx512") => Kernel::Avx512Vnni,
+        _ => Kernel::best(),
+    };
+    println!("kernel {kernel:?}");
     for &(name, n, k) in SHAPES {
         if n > 10000 {
             continue;
@@ -113,7 +121,7 @@ fn tune() {
                 }
                 best
             };
-            let a = best(&mut || ours.matmul(&x, m, &mut out).expect("matmul"));
+            let a = best(&mut || ours.matmul_with(kernel, &x, m, &mut out).expect("matmul"));
             let b = best(&mut || drop(theirs.forward(&xt).expect("forward")));
             println!(
                 "{name:14} m={m:4}: ours {:7.1} GMAC/s ({:8.1} us)  candle {:7.1} GMAC/s  x{:.2}",

@@ -222,45 +222,87 @@ impl Q8Matrix {
     /// Quantizes a row-major `[n_out, k]` f32 weight matrix. Errors when `k` is not a positive
     /// multiple of 32, `n_out` is 0, or `w.len() != n_out · k`.
     pub fn from_f32(w: &[f32], n_out: usize, k: usize) -> Result<Self, ModelError> {
-        if k == 0 || !k.is_multiple_of(QK) {
-            return Err(ModelError::Request(format!(
-                "Q8Matrix: k = {k} must be a positive multiple of {QK}"
-            )));
-        }
-        if n_out == 0 {
-            return Err(ModelError::Request(
-                "Q8Matrix: n_out must be positive".into(),
-            ));
-        }
+        check_shape(n_out, k)?;
         if n_out.checked_mul(k) != Some(w.len()) {
             return Err(ModelError::Request(format!(
                 "Q8Matrix: {} weights for a [{n_out}, {k}] matrix",
                 w.len()
             )));
         }
+        Ok(Self::build(n_out, k, |col, b, q| {
+            quantize_block(&w[col * k + b * QK..col * k + (b + 1) * QK], q)
+        }))
+    }
+
+    /// From a candle quantized tensor `[n_out, k]`: Q8_0 blocks are taken exactly (the f16
+    /// scale widened to f32); other formats are dequantized and quantized with
+    /// [`Self::from_f32`].
+    pub fn from_qtensor(t: &candle_core::quantized::QTensor) -> Result<Self, ModelError> {
+        let (n_out, k) = t.shape().dims2().map_err(|e| {
+            ModelError::Request(format!("Q8Matrix: expected a 2-D weight tensor: {e}"))
+        })?;
+        if t.dtype() != candle_core::quantized::GgmlDType::Q8_0 {
+            return Self::from_tensor(&t.dequantize(&candle_core::Device::Cpu)?);
+        }
+        check_shape(n_out, k)?;
+        const BLOCK_BYTES: usize = 2 + QK; // f16 scale, 32 × i8
+        let data = t.data()?;
+        let kb = k / QK;
+        if data.len() != n_out * kb * BLOCK_BYTES {
+            return Err(ModelError::Request(format!(
+                "Q8Matrix: {} bytes of Q8_0 data for a [{n_out}, {k}] matrix",
+                data.len()
+            )));
+        }
+        Ok(Self::build(n_out, k, |col, b, q| {
+            let blk = &data[(col * kb + b) * BLOCK_BYTES..(col * kb + b + 1) * BLOCK_BYTES];
+            for (qi, &v) in q.iter_mut().zip(&blk[2..]) {
+                *qi = v as i8;
+            }
+            half::f16::from_le_bytes([blk[0], blk[1]]).to_f32()
+        }))
+    }
+
+    /// Builds the tiles from `block(col, b, q) -> scale`, which writes the 32 quantized
+    /// values of column `col`, block `b` into `q` (tiles in parallel for large matrices).
+    fn build<F>(n_out: usize, k: usize, block: F) -> Self
+    where
+        F: Fn(usize, usize, &mut [i8; QK]) -> f32 + Sync,
+    {
         let kb = k / QK;
         let n_tiles = n_out.div_ceil(TILE);
         let mut tiles = vec![ZERO_TILE; n_tiles * kb];
-        let mut q = [0i8; QK];
-        for col in 0..n_out {
-            let (t, c) = (col / TILE, col % TILE);
-            let row = &w[col * k..(col + 1) * k];
-            for b in 0..kb {
-                let tb = &mut tiles[t * kb + b];
-                tb.d[c] = quantize_block(&row[b * QK..(b + 1) * QK], &mut q);
-                for (i, &qi) in q.iter().enumerate() {
-                    let (g, j) = (i / 4, i % 4);
-                    tb.qs[(g * TILE + c) * 4 + j] = (qi as i16 + 128) as u8;
+        let ptr = SendTiles(tiles.as_mut_ptr());
+        let work = |range: std::ops::Range<usize>| {
+            let ptr = &ptr;
+            let mut q = [0i8; QK];
+            for t in range {
+                // SAFETY: each tile's blocks are written by one work item only.
+                let tile = unsafe { std::slice::from_raw_parts_mut(ptr.0.add(t * kb), kb) };
+                for c in 0..TILE.min(n_out - t * TILE) {
+                    for (b, tb) in tile.iter_mut().enumerate() {
+                        tb.d[c] = block(t * TILE + c, b, &mut q);
+                        for (i, &qi) in q.iter().enumerate() {
+                            let (g, j) = (i / 4, i % 4);
+                            tb.qs[(g * TILE + c) * 4 + j] = (qi as i16 + 128) as u8;
+                        }
+                    }
                 }
             }
+        };
+        let pool = candle_core::utils::barrier_pool();
+        if n_out * k < 1 << 20 || pool.n_workers() == 0 {
+            work(0..n_tiles);
+        } else {
+            pool.execute_chunked(n_tiles, work);
         }
-        Ok(Q8Matrix {
+        Q8Matrix {
             n_out,
             k,
             kb,
             n_tiles,
             tiles,
-        })
+        }
     }
 
     /// Quantizes a 2-D `[n_out, k]` tensor (any float dtype, converted to f32; any device).
@@ -342,11 +384,17 @@ impl Q8Matrix {
         if m == 0 {
             return Ok(());
         }
-        SCRATCH.with(|s| {
-            let mut s = s.borrow_mut();
-            let acts = &mut *s;
-            acts.quantize(x, m, self.k);
-            self.run(kernel, acts, m, out);
+        SCRATCH.with(|s| match s.try_borrow_mut() {
+            Ok(mut acts) => {
+                acts.quantize(x, m, self.k);
+                self.run(kernel, &acts, m, out);
+            }
+            // re-entered on this thread (cannot happen today): a fresh buffer
+            Err(_) => {
+                let mut acts = Acts::default();
+                acts.quantize(x, m, self.k);
+                self.run(kernel, &acts, m, out);
+            }
         });
         Ok(())
     }
@@ -507,6 +555,26 @@ impl Q8Matrix {
         }
     }
 }
+
+/// Errors unless `k` is a positive multiple of 32 and `n_out` is positive.
+fn check_shape(n_out: usize, k: usize) -> Result<(), ModelError> {
+    if k == 0 || !k.is_multiple_of(QK) {
+        return Err(ModelError::Request(format!(
+            "Q8Matrix: k = {k} must be a positive multiple of {QK}"
+        )));
+    }
+    if n_out == 0 {
+        return Err(ModelError::Request(
+            "Q8Matrix: n_out must be positive".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The tiles being built, shared by the workers (each writes its own tiles).
+struct SendTiles(*mut TileBlock);
+// SAFETY: see `Q8Matrix::build`.
+unsafe impl Sync for SendTiles {}
 
 /// A raw output pointer shared by the workers (each writes its own elements).
 struct SendPtr(*mut f32);
@@ -1006,7 +1074,7 @@ mod tests {
             for &n in &[1, 5, 64, 1000] {
                 let w = rng.vec(n * k);
                 let q = Q8Matrix::from_f32(&w, n, k).unwrap();
-                for &m in &[1, 3, 8, 33] {
+                for &m in &[1, 3, 8, 20, 33] {
                     let x = rng.vec(m * k);
                     let mut want = vec![f32::NAN; m * n];
                     q.matmul_with(Kernel::Scalar, &x, m, &mut want).unwrap();
@@ -1220,6 +1288,36 @@ mod tests {
         let mut want = vec![0f32; 6 * n];
         q.matmul(&x, 6, &mut want).unwrap();
         assert_eq!(y.flatten_all().unwrap().to_vec1::<f32>().unwrap(), want);
+    }
+
+    #[test]
+    fn from_qtensor_takes_q8_0_blocks_exactly() {
+        use candle_core::quantized::{GgmlDType, QTensor};
+        use candle_core::{Device, Tensor};
+        let mut rng = Rng(7);
+        let (n, k) = (37, 896);
+        let w = rng.vec(n * k);
+        let wt = Tensor::from_vec(w.clone(), (n, k), &Device::Cpu).unwrap();
+        let q8 = QTensor::quantize(&wt, GgmlDType::Q8_0).unwrap();
+        let ours = Q8Matrix::from_qtensor(&q8).unwrap();
+        let theirs = q8.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap();
+        assert_eq!(ours.to_f32(), theirs.to_vec1::<f32>().unwrap());
+        // another format goes through f32
+        let q4 = QTensor::quantize(&wt, GgmlDType::Q4_0).unwrap();
+        let from_q4 = Q8Matrix::from_qtensor(&q4).unwrap();
+        let deq = q4.dequantize(&Device::Cpu).unwrap();
+        assert_eq!(
+            from_q4.to_f32(),
+            Q8Matrix::from_tensor(&deq).unwrap().to_f32()
+        );
+        // a large matrix is built in parallel, the same as serially
+        let (n, k) = (300, 4096);
+        let w = rng.vec(n * k);
+        let big = Q8Matrix::from_f32(&w, n, k).unwrap();
+        for col in [0, 17, 299] {
+            let one = Q8Matrix::from_f32(&w[col * k..(col + 1) * k], 1, k).unwrap();
+            assert_eq!(one.to_f32(), big.to_f32()[col * k..(col + 1) * k]);
+        }
     }
 
     #[test]
