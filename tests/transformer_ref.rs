@@ -26,10 +26,18 @@ fn argmax(v: &[f32]) -> usize {
 }
 
 /// Prefill 24 tokens then decode 6 greedy tokens with both implementations.
+/// Both as stored (candle's matmuls) and in the default mode (our Q8 kernels, re-quantized
+/// weights), which must stay within the same drift.
 fn compare_with_reference(name: &str) {
+    for mode in [WeightMode::Stored, WeightMode::Quantized] {
+        compare_mode(name, mode);
+    }
+}
+
+fn compare_mode(name: &str, mode: WeightMode) {
     let path = model(name);
     let dev = Device::Cpu;
-    let ours = Transformer::from_gguf(&path, WeightMode::Stored, &dev).unwrap();
+    let ours = Transformer::from_gguf(&path, mode, &dev).unwrap();
     let mut file = std::fs::File::open(&path).unwrap();
     let ct = candle_core::quantized::gguf_file::Content::read(&mut file).unwrap();
     let arch = ct.metadata["general.architecture"]
@@ -88,9 +96,16 @@ fn compare_with_reference(name: &str) {
         // the per-layer Q8 quantization of activations turns that into a few 1e-2 of drift over
         // 30 layers (llama.cpp's logits differ from both by more). A wrong rotation, mask or
         // head mapping gives differences of order 1.
+        // The default mode re-quantizes the weights (Q4_1 → our Q8) and quantizes activations
+        // differently from the reference's kernels: a little more drift, same order.
+        let tol = if mode == WeightMode::Stored {
+            0.05
+        } else {
+            0.1
+        };
         assert!(
-            d < 0.05,
-            "{name} step {step}: logits differ from candle's reference by {d}"
+            d < tol,
+            "{name} {mode:?} step {step}: logits differ from candle's reference by {d}"
         );
         // The greedy token may flip on a near tie; it must be (near) the reference's best.
         let scale = b.iter().fold(0f32, |m, x| m.max(x.abs()));

@@ -32,6 +32,7 @@ use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 use serde::{Deserialize, Serialize};
 
+use super::qmatmul::{self, Q8Matrix};
 use super::ModelError;
 
 /// The architectures this transformer implements.
@@ -86,19 +87,54 @@ pub enum WeightMode {
     Dequantized,
 }
 
+/// A linear layer's weight `[n_out, k]`: candle's matmul (quantized or float), or our Q8 matmul
+/// ([`Q8Matrix`], VNNI/AVX2 register-tiled kernels; rows bit-identical whatever the batch).
+enum Linear {
+    Candle(QMatMul),
+    Q8(Q8Matrix),
+}
+
+impl Linear {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Linear::Candle(m) => m.forward(x),
+            Linear::Q8(q) => {
+                let (m, k) = x.dims2()?;
+                let xs = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+                let mut out = vec![0f32; m * q.n_out()];
+                q.matmul(&xs, m, &mut out)
+                    .map_err(candle_core::Error::wrap)?;
+                debug_assert_eq!(k, q.k());
+                Tensor::from_vec(out, (m, q.n_out()), x.device())
+            }
+        }
+    }
+
+    /// The weight as an f32 tensor `[n_out, k]`.
+    fn dense(&self, device: &Device) -> candle_core::Result<Tensor> {
+        match self {
+            Linear::Candle(QMatMul::QTensor(q)) => q.dequantize(device),
+            Linear::Candle(QMatMul::Tensor(t)) | Linear::Candle(QMatMul::TensorF16(t)) => {
+                t.to_dtype(DType::F32)
+            }
+            Linear::Q8(q) => Tensor::from_vec(q.to_f32(), (q.n_out(), q.k()), device),
+        }
+    }
+}
+
 struct Layer {
     attn_norm: Tensor,
-    wq: QMatMul,
-    wk: QMatMul,
-    wv: QMatMul,
-    wo: QMatMul,
+    wq: Linear,
+    wk: Linear,
+    wv: Linear,
+    wo: Linear,
     bq: Option<Tensor>,
     bk: Option<Tensor>,
     bv: Option<Tensor>,
     ffn_norm: Tensor,
-    w_gate: QMatMul,
-    w_up: QMatMul,
-    w_down: QMatMul,
+    w_gate: Linear,
+    w_up: Linear,
+    w_down: Linear,
 }
 
 /// The keys and values of one sequence, all layers. Positions `[0, prefix_len)` live in a frozen
@@ -209,7 +245,7 @@ pub struct Transformer {
     embed: Tensor,
     layers: Vec<Layer>,
     norm: Tensor,
-    lm_head: QMatMul,
+    lm_head: Linear,
     /// RoPE tables `[context_length, head_dim / 2]`, f32, row-major.
     rope_cos: Vec<f32>,
     rope_sin: Vec<f32>,
@@ -322,19 +358,29 @@ impl Transformer {
             ct.tensor(file, name, device)
                 .map_err(|e| file_err(path, format!("tensor `{name}`: {e}")))
         };
-        let mat = |q: QTensor| -> Result<QMatMul, ModelError> {
+        let q8 = device.is_cpu() && qmatmul::Kernel::best() != qmatmul::Kernel::Scalar;
+        let mat = |q: QTensor| -> Result<Linear, ModelError> {
+            let k = q.shape().dims().last().copied().unwrap_or(0);
             match mode {
+                // Our Q8 kernels beat candle's on every format here (its Q8_0/Q5_x dot products
+                // are one row × column at a time, or scalar), and keep rows batch-independent.
+                WeightMode::Quantized if q8 && k % qmatmul::QK == 0 => {
+                    Ok(Linear::Q8(Q8Matrix::from_tensor(&q.dequantize(device)?)?))
+                }
                 WeightMode::Quantized if needs_requant(q.dtype()) => {
-                    // candle has no SIMD dot product for these formats (a scalar loop: ~10×
-                    // slower); Q8_0 holds their values almost exactly and has one.
+                    // No SIMD dot product in candle for these formats; Q8_0 has one.
                     let f = q.dequantize(device)?;
-                    Ok(QMatMul::from_qtensor(QTensor::quantize(
+                    Ok(Linear::Candle(QMatMul::from_qtensor(QTensor::quantize(
                         &f,
                         GgmlDType::Q8_0,
-                    )?)?)
+                    )?)?))
                 }
-                WeightMode::Quantized | WeightMode::Stored => Ok(QMatMul::from_qtensor(q)?),
-                WeightMode::Dequantized => Ok(QMatMul::Tensor(q.dequantize(device)?)),
+                WeightMode::Quantized | WeightMode::Stored => {
+                    Ok(Linear::Candle(QMatMul::from_qtensor(q)?))
+                }
+                WeightMode::Dequantized => {
+                    Ok(Linear::Candle(QMatMul::Tensor(q.dequantize(device)?)))
+                }
             }
         };
         let embed_q = load(file, "token_embd.weight")?;
@@ -475,9 +521,9 @@ impl Transformer {
         };
         let embed = take("model.embed_tokens.weight")?;
         let lm_head = if tied {
-            QMatMul::Tensor(embed.clone())
+            Linear::Candle(QMatMul::Tensor(embed.clone()))
         } else {
-            QMatMul::Tensor(take("lm_head.weight")?)
+            Linear::Candle(QMatMul::Tensor(take("lm_head.weight")?))
         };
         let norm = take("model.norm.weight")?;
         let mut layers = Vec::with_capacity(cfg.n_layer);
@@ -490,17 +536,29 @@ impl Transformer {
                 };
             layers.push(Layer {
                 attn_norm: take(&format!("{p}.input_layernorm.weight"))?,
-                wq: QMatMul::Tensor(take(&format!("{p}.self_attn.q_proj.weight"))?),
-                wk: QMatMul::Tensor(take(&format!("{p}.self_attn.k_proj.weight"))?),
-                wv: QMatMul::Tensor(take(&format!("{p}.self_attn.v_proj.weight"))?),
-                wo: QMatMul::Tensor(take(&format!("{p}.self_attn.o_proj.weight"))?),
+                wq: Linear::Candle(QMatMul::Tensor(take(&format!(
+                    "{p}.self_attn.q_proj.weight"
+                ))?)),
+                wk: Linear::Candle(QMatMul::Tensor(take(&format!(
+                    "{p}.self_attn.k_proj.weight"
+                ))?)),
+                wv: Linear::Candle(QMatMul::Tensor(take(&format!(
+                    "{p}.self_attn.v_proj.weight"
+                ))?)),
+                wo: Linear::Candle(QMatMul::Tensor(take(&format!(
+                    "{p}.self_attn.o_proj.weight"
+                ))?)),
                 bq: bias(&mut take, "q_proj")?,
                 bk: bias(&mut take, "k_proj")?,
                 bv: bias(&mut take, "v_proj")?,
                 ffn_norm: take(&format!("{p}.post_attention_layernorm.weight"))?,
-                w_gate: QMatMul::Tensor(take(&format!("{p}.mlp.gate_proj.weight"))?),
-                w_up: QMatMul::Tensor(take(&format!("{p}.mlp.up_proj.weight"))?),
-                w_down: QMatMul::Tensor(take(&format!("{p}.mlp.down_proj.weight"))?),
+                w_gate: Linear::Candle(QMatMul::Tensor(take(&format!(
+                    "{p}.mlp.gate_proj.weight"
+                ))?)),
+                w_up: Linear::Candle(QMatMul::Tensor(take(&format!("{p}.mlp.up_proj.weight"))?)),
+                w_down: Linear::Candle(QMatMul::Tensor(take(&format!(
+                    "{p}.mlp.down_proj.weight"
+                ))?)),
             });
         }
         Ok(Self::assemble(
@@ -519,7 +577,7 @@ impl Transformer {
         embed: Tensor,
         layers: Vec<Layer>,
         norm: Tensor,
-        lm_head: QMatMul,
+        lm_head: Linear,
     ) -> Self {
         let half = cfg.head_dim / 2;
         let mut rope_cos = Vec::with_capacity(cfg.context_length * half);
@@ -550,12 +608,7 @@ impl Transformer {
     pub fn save_safetensors_dir(&self, dir: &Path) -> Result<(), ModelError> {
         let cfg = &self.cfg;
         std::fs::create_dir_all(dir).map_err(|e| file_err(dir, e))?;
-        let dense = |m: &QMatMul| -> Result<Tensor, ModelError> {
-            Ok(match m {
-                QMatMul::QTensor(q) => q.dequantize(&self.device)?,
-                QMatMul::Tensor(t) | QMatMul::TensorF16(t) => t.to_dtype(DType::F32)?,
-            })
-        };
+        let dense = |m: &Linear| -> Result<Tensor, ModelError> { Ok(m.dense(&self.device)?) };
         // GGUF row (head, i, j) of [heads, hd/2, 2] is HF row (head, j, i) of [heads, 2, hd/2].
         let unpermute = |t: Tensor, heads: usize| -> Result<Tensor, ModelError> {
             if cfg.rope_neox {
