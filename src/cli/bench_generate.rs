@@ -127,7 +127,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         "new_tokens": new_tokens,
         "prompt_tokens": st.prefill_tokens,
         "threads": threads,
-        "engine": "rstar-gpu (candle quantized matmuls, batched per-sequence KV)",
+        "engine": if a.weights == "dense" { "rstar-gpu (f32 weights, candle gemm)" } else { "rstar-gpu (Q8 VNNI matmuls)" },
     });
     if a.compare_llamacpp {
         let theirs = llamacpp(&path, threads, a.prompts * a.samples, a.new_tokens)?;
