@@ -340,25 +340,7 @@ impl LocalPolicy {
 }
 
 fn validate(sampling: &SamplingParams, n: usize) -> Result<(), ModelError> {
-    if n == 0 {
-        return Err(ModelError::Request("n must be at least 1".into()));
-    }
-    if !sampling.temperature.is_finite() || sampling.temperature < 0.0 {
-        return Err(ModelError::Request(format!(
-            "temperature {} must be a finite number ≥ 0",
-            sampling.temperature
-        )));
-    }
-    if !(sampling.top_p > 0.0 && sampling.top_p <= 1.0) {
-        return Err(ModelError::Request(format!(
-            "top_p {} must be in (0, 1]",
-            sampling.top_p
-        )));
-    }
-    if sampling.top_k == Some(0) {
-        return Err(ModelError::Request("top_k must be at least 1".into()));
-    }
-    Ok(())
+    sampling.validate(n)
 }
 
 fn sampler(sampling: &SamplingParams, prompt: usize, sample: usize) -> LogitsProcessor {

@@ -63,6 +63,28 @@ impl Default for SamplingParams {
     }
 }
 
+impl SamplingParams {
+    /// Checks the values every backend relies on (and `n`, the samples per prompt).
+    pub fn validate(&self, n: usize) -> Result<(), ModelError> {
+        if n == 0 {
+            return Err(ModelError::Request("n must be at least 1".into()));
+        }
+        if !self.temperature.is_finite() || self.temperature < 0.0 {
+            return Err(ModelError::Request(format!(
+                "temperature {} must be a finite number ≥ 0",
+                self.temperature
+            )));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err(ModelError::Request(format!("top_p {} must be in (0, 1]", self.top_p)));
+        }
+        if self.top_k == Some(0) {
+            return Err(ModelError::Request("top_k must be at least 1".into()));
+        }
+        Ok(())
+    }
+}
+
 /// Why a sequence stopped.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -578,18 +578,7 @@ impl Policy for OpenAiPolicy {
         stop: &[String],
     ) -> Result<Vec<Vec<Completion>>, ModelError> {
         let url = self.completions_url();
-        if !(sampling.temperature >= 0.0 && sampling.temperature.is_finite()) {
-            return Err(ModelError::Request(format!(
-                "temperature must be finite and >= 0, not {}",
-                sampling.temperature
-            )));
-        }
-        if !(sampling.top_p > 0.0 && sampling.top_p <= 1.0) {
-            return Err(ModelError::Request(format!(
-                "top_p must be in (0, 1], not {}",
-                sampling.top_p
-            )));
-        }
+        sampling.validate(n.max(1))?;
         if prompts.is_empty() {
             return Ok(Vec::new());
         }
