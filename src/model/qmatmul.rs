@@ -2,6 +2,16 @@
 //! weights `W` `[n_out, k]` quantized per block of 32 along `k` (i8 values, one f32 scale per
 //! block, like ggml's Q8_0) and the activations `x` `[m, k]` quantized the same way on the fly.
 //!
+//! ```no_run
+//! # use rstar_gpu::model::qmatmul::Q8Matrix;
+//! # fn f(w: &candle_core::Tensor, x: &[f32]) -> Result<(), rstar_gpu::model::ModelError> {
+//! let q = Q8Matrix::from_tensor(w)?; // or from_f32 / from_qtensor (GGUF Q8_0 blocks exactly)
+//! let m = x.len() / q.k();
+//! let mut out = vec![0f32; m * q.n_out()];
+//! q.matmul(x, m, &mut out)?; // out = x · Wᵀ
+//! # Ok(()) }
+//! ```
+//!
 //! # Numerics
 //!
 //! For output element `(row, col)` and k-block `b`:
@@ -16,7 +26,7 @@
 //!
 //! # Kernels
 //!
-//! The weights are stored in tiles of 16 output columns × 32 k-values ([`TileBlock`]), laid out so
+//! The weights are stored in tiles of 16 output columns × 32 k-values (`TileBlock`), laid out so
 //! that one 64-byte vector holds 4 consecutive k-values of 16 columns: the operand of one
 //! `vpdpbusd` (u8 × i8 → i32, 4 products per lane). The weights are stored offset by +128 (as u8)
 //! and the activations are signed, so the activation 4-byte groups can be broadcast straight from
@@ -26,12 +36,20 @@
 //! - AVX-512 VNNI: register tiles of `R` rows × `T` tiles (16·T columns): each weight vector is
 //!   loaded once for `R` rows and each activation group once for `T` tiles.
 //! - AVX-VNNI / AVX2: the same with 256-bit vectors (AVX2 without VNNI uses the `vpsignb` +
-//!   `vpmaddubsw` trick on the signed weights, which cannot overflow since |w|, |x| ≤ 127).
+//!   `vpmaddubsw` trick on the signed weights, which cannot overflow: |x| ≤ 127 and |w| ≤ 128,
+//!   so a pair sums to at most 32 512).
 //! - Scalar: the reference, also the path on non-x86 targets.
 //!
+//! When several register tiles of rows share the same weights, `k` is split into chunks whose
+//! weights stay in L1 (the partial sums go through `out` exactly, so results do not change).
+//!
 //! Work is split over output-column groups (and row blocks for large `m`) on candle's barrier pool
-//! (`candle_core::utils::barrier_pool()`, the threads candle's own matmuls use); small problems
-//! run on the calling thread.
+//! (`candle_core::utils::barrier_pool()`, the threads candle's own matmuls use, sized by
+//! `CANDLE_NUM_THREADS` / `RAYON_NUM_THREADS`); small problems run on the calling thread.
+//!
+//! Memory: the weights take 1.125 bytes per value (i8 + an f32 scale per 32, columns padded to a
+//! multiple of 16). Each calling thread keeps its quantized activations (about `m·k` bytes)
+//! in a thread-local buffer reused across calls.
 
 use super::ModelError;
 
@@ -39,7 +57,7 @@ use super::ModelError;
 pub const QK: usize = 32;
 /// Output columns per weight tile (the 16 i32 lanes of a 512-bit vector).
 const TILE: usize = 16;
-/// Rows per work item when `m` is large (a multiple of every kernel's row tile).
+/// Rows per work item when `m` is large.
 const ROW_BLOCK: usize = 64;
 /// Weight bytes of one k-chunk kept in L1 across register tiles of rows.
 const L1_WEIGHT_BYTES: usize = 24 * 1024;
