@@ -533,9 +533,12 @@ impl Q8Matrix {
             let mut b0 = 0;
             while b0 < self.kb {
                 let b1 = self.kb.min(b0 + kc);
+                // register tiles of near-equal height (8 rows: 4 + 4, not 6 + 2)
+                let n_rt = rows.len().div_ceil(tr);
+                let (base, extra) = (rows.len() / n_rt, rows.len() % n_rt);
                 let mut r0 = rows.start;
-                while r0 < rows.end {
-                    let nr = tr.min(rows.end - r0);
+                for rt in 0..n_rt {
+                    let nr = base + usize::from(rt < extra);
                     // SAFETY (offsets): inside the buffers by the contract above.
                     let a = unsafe {
                         Args {
