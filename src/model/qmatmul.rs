@@ -62,7 +62,9 @@ const ROW_BLOCK: usize = 64;
 /// Weight bytes of one k-chunk kept in L1 across register tiles of rows.
 const L1_WEIGHT_BYTES: usize = 24 * 1024;
 /// Below this many multiply-adds the matmul runs on the calling thread.
-const PAR_MIN_MACS: usize = 1 << 18;
+const PAR_MIN_MACS: usize = 1 << 19;
+/// Fewest work items worth splitting across the threads (a few each, for balance).
+const PAR_MIN_ITEMS: usize = 8;
 
 /// One 32-value block of 16 output columns of the weight matrix: 576 bytes, 64-byte aligned.
 #[repr(C, align(64))]
@@ -467,9 +469,9 @@ impl Q8Matrix {
     /// Runs the kernel on quantized activations, in parallel when the problem is large enough.
     fn run(&self, kernel: Kernel, acts: &Acts, m: usize, out: &mut [f32]) {
         let (_, tw) = self.tile_shape(kernel, m);
-        let n_groups = self.n_tiles.div_ceil(tw);
         let rows_per_item = if m <= ROW_BLOCK { m } else { ROW_BLOCK };
         let n_rb = m.div_ceil(rows_per_item);
+        let n_groups = self.n_tiles.div_ceil(tw);
         let n_items = n_groups * n_rb;
         let out_ptr = SendPtr(out.as_mut_ptr());
         let body = |range: std::ops::Range<usize>| {
@@ -485,7 +487,7 @@ impl Q8Matrix {
         };
         let macs = m * self.n_out * self.k;
         let pool = candle_core::utils::barrier_pool();
-        if macs < PAR_MIN_MACS || n_items == 1 || pool.n_workers() == 0 {
+        if macs < PAR_MIN_MACS || n_items < PAR_MIN_ITEMS || pool.n_workers() == 0 {
             body(0..n_items);
         } else {
             pool.execute_chunked(n_items, body);
