@@ -8,15 +8,10 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::Args;
 use rstar_gpu::data::Problem;
-use rstar_gpu::exec::{ExecConfig, ExecPool};
-use rstar_gpu::grade::Grader;
-use rstar_gpu::model::generate::LocalPolicy;
-use rstar_gpu::model::openai::OpenAiPolicy;
-use rstar_gpu::model::tokenizer::Tokenizer;
-use rstar_gpu::model::transformer::WeightMode;
-use rstar_gpu::model::Policy;
-use rstar_gpu::search::greedy::{self, GreedyConfig};
+use rstar_gpu::search::greedy;
 use rstar_gpu::search::PromptStyle;
+
+use super::method::{Method, MethodArgs, Runner};
 
 #[derive(Args, Debug)]
 pub struct EvalArgs {
@@ -29,31 +24,16 @@ pub struct EvalArgs {
     /// Evaluate only the first N problems.
     #[arg(long)]
     limit: Option<usize>,
-    /// Method. This build has `greedy` (one candidate per step); search methods come with the
-    /// MCTS driver.
-    #[arg(long, default_value = "greedy", value_parser = ["greedy"])]
-    method: String,
-    /// Prompt: `code` (rStar's code-augmented steps, executed in the sandbox) or `plain`
-    /// (step-by-step text, final answer in \boxed{}).
-    #[arg(long, value_enum, default_value_t = PromptStyle::Code)]
-    prompt: PromptStyle,
-    /// Policy: an asset name, a .gguf file, a Hugging Face directory, or an OpenAI-compatible
-    /// server URL (http://host:port/v1[#model]).
-    #[arg(long, default_value = "qwen2.5-coder-0.5b")]
-    model: String,
-    /// Weights in memory for local models: as stored (`quantized`) or f32 (`dense`).
-    #[arg(long, default_value = "quantized", value_parser = ["quantized", "dense"])]
-    weights: String,
+    /// Method: greedy, sc (self-consistency), bon (Best-of-N with the PPM), mcts.
+    #[arg(long, value_enum, default_value_t = Method::Greedy)]
+    method: Method,
+    #[command(flatten)]
+    m: MethodArgs,
     /// Problems solved together (one batched policy call per step for all of them).
     #[arg(long, default_value_t = 16)]
     batch: usize,
-    /// Most steps per solution (code prompt).
-    #[arg(long, default_value_t = 16)]
-    max_depth: usize,
-    /// Most new tokens per step (code prompt) or per solution (plain prompt).
-    #[arg(long)]
-    max_tokens: Option<usize>,
     /// Output directory: results.jsonl (one line per problem, appended as batches finish),
+    /// trees.jsonl (mcts: one search tree per problem, for `rstar-gpu view` and self-evolution),
     /// summary.json and report.md. An existing results.jsonl is resumed: finished problems are
     /// not redone.
     #[arg(long, default_value = "runs/eval")]
@@ -71,9 +51,19 @@ struct Record {
     reference: Option<String>,
     answer: Option<String>,
     correct: bool,
-    end: greedy::End,
+    /// Some trajectory or sample reached a correct answer (coverage / pass@N).
+    #[serde(default)]
+    covered: bool,
+    #[serde(default)]
+    method: Option<Method>,
+    #[serde(default)]
+    end: Option<greedy::End>,
     steps: usize,
     tokens: usize,
+    #[serde(default)]
+    score: Option<f32>,
+    #[serde(default)]
+    n_answers: usize,
     solution: String,
     error: Option<String>,
 }
@@ -88,8 +78,10 @@ pub fn run(a: EvalArgs) -> Result<()> {
     anyhow::ensure!(!problems.is_empty(), "no problems to evaluate");
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let results_path = a.out.join("results.jsonl");
+    let trees_path = a.out.join("trees.jsonl");
     let mut records = read_done(&results_path)?;
     let done: std::collections::HashSet<String> = records.iter().map(|r| r.id.clone()).collect();
+    keep_trees(&trees_path, &done)?;
     let todo: Vec<&Problem> = problems.iter().filter(|p| !done.contains(&p.id)).collect();
     if !done.is_empty() {
         tracing::info!(
@@ -100,28 +92,23 @@ pub fn run(a: EvalArgs) -> Result<()> {
         );
     }
 
-    let (mut policy, tokenizer) = load_policy(&a.model, &a.weights)?;
-    let mut exec = match a.prompt {
-        PromptStyle::Code => {
-            Some(ExecPool::new(ExecConfig::default()).context("starting the Python executor")?)
-        }
-        PromptStyle::Plain => None,
-    };
-    let mut cfg = GreedyConfig {
-        style: a.prompt,
-        max_depth: a.max_depth,
-        ..GreedyConfig::default()
-    };
-    if let Some(t) = a.max_tokens {
-        cfg.step_tokens = t;
-        cfg.plain_tokens = t;
-    }
-    let grader = Grader::with_sympy();
+    let mut runner = Runner::new(a.method, a.m.clone())?;
+    let grader = runner.grader.clone();
     let mut file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(&results_path)
         .with_context(|| format!("opening {}", results_path.display()))?;
+    let mut trees_file = match a.method {
+        Method::Mcts => Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&trees_path)
+                .with_context(|| format!("opening {}", trees_path.display()))?,
+        ),
+        _ => None,
+    };
     let bar = indicatif::ProgressBar::new(problems.len() as u64);
     bar.set_style(
         indicatif::ProgressStyle::with_template(
@@ -133,49 +120,59 @@ pub fn run(a: EvalArgs) -> Result<()> {
     let t0 = Instant::now();
     let mut new_tokens = 0usize;
     for chunk in todo.chunks(a.batch) {
-        let questions: Vec<&str> = chunk.iter().map(|p| p.question.as_str()).collect();
-        let solved = greedy::solve(
-            policy.as_mut(),
-            tokenizer.as_ref(),
-            exec.as_mut(),
-            &questions,
-            &cfg,
-        )
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-        for (p, s) in chunk.iter().zip(solved) {
-            let (answer, correct) = match &p.reference_answer() {
-                Some(reference) => {
-                    let g = grader.grade(&s.solution, s.printed.as_deref(), reference);
-                    (g.extracted.as_ref().map(|e| e.answer.clone()), g.correct())
+        let outcomes = runner.run(chunk)?;
+        let mut tree_lines = String::new();
+        let mut lines = String::new();
+        for (p, o) in chunk.iter().zip(outcomes) {
+            let reference = p.reference_answer();
+            let (correct, covered) = match &reference {
+                Some(r) => {
+                    let pairs: Vec<(&str, &str)> = o
+                        .all_answers
+                        .iter()
+                        .map(|x| (x.as_str(), r.as_str()))
+                        .collect();
+                    let covered = grader.equiv_many(&pairs).iter().any(|x| x.equivalent);
+                    let correct = o
+                        .answer
+                        .as_deref()
+                        .is_some_and(|x| grader.equiv(x, r).equivalent);
+                    (correct, covered)
                 }
-                None => {
-                    let e = rstar_gpu::grade::extract::extract_answer(
-                        &s.solution,
-                        s.printed.as_deref(),
-                    );
-                    (e.map(|e| e.answer), false)
-                }
+                None => (false, false),
             };
-            new_tokens += s.tokens;
+            new_tokens += o.tokens;
+            if let Some(t) = &o.tree {
+                tree_lines.push_str(&t.to_json_line().map_err(|e| anyhow::anyhow!("{e}"))?);
+                tree_lines.push('\n');
+            }
             let rec = Record {
                 id: p.id.clone(),
                 question: p.question.clone(),
                 reference: p.answer.clone(),
-                answer,
+                answer: o.answer,
                 correct,
-                end: s.end,
-                steps: s.steps,
-                tokens: s.tokens,
-                solution: s.solution,
-                error: s.error,
+                covered,
+                method: Some(a.method),
+                end: o.end,
+                steps: o.steps,
+                tokens: o.tokens,
+                score: o.score,
+                n_answers: o.n_answers,
+                solution: o.solution,
+                error: o.error,
             };
-            // One whole line per write: a killed run leaves complete lines only (a torn last
-            // line is dropped on resume).
-            let mut line = serde_json::to_string(&rec)?;
-            line.push('\n');
-            file.write_all(line.as_bytes())?;
+            lines.push_str(&serde_json::to_string(&rec)?);
+            lines.push('\n');
             records.push(rec);
         }
+        // Trees first, then the records that mark the problems done: a run killed in between
+        // redoes the batch, and the resume drops the trees of problems without a record.
+        if let Some(f) = trees_file.as_mut() {
+            f.write_all(tree_lines.as_bytes())?;
+            f.flush()?;
+        }
+        file.write_all(lines.as_bytes())?;
         file.flush()?;
         let correct = records.iter().filter(|r| r.correct).count();
         bar.set_position(records.len() as u64);
@@ -189,38 +186,90 @@ pub fn run(a: EvalArgs) -> Result<()> {
     let wall_s = t0.elapsed().as_secs_f64();
     let n = records.len();
     let correct = records.iter().filter(|r| r.correct).count();
-    let ends = |e: greedy::End| records.iter().filter(|r| r.end == e).count();
-    let summary = serde_json::json!({
+    let covered = records.iter().filter(|r| r.covered).count();
+    let ends = |e: greedy::End| records.iter().filter(|r| r.end == Some(e)).count();
+    let policy_tokens: usize = records.iter().map(|r| r.tokens).sum();
+    let solved_now = todo.len();
+    let st = &runner.stats;
+    let share = |x: f64| {
+        if st.total_secs > 0.0 {
+            (x / st.total_secs * 1e4).round() / 1e4
+        } else {
+            0.0
+        }
+    };
+    let mut summary = serde_json::json!({
         "data": a.data,
         "split": a.split,
         "n_problems": n,
         "method": a.method,
-        "prompt": a.prompt,
-        "model": a.model,
+        "prompt": if a.method == Method::Mcts { PromptStyle::Code } else { a.m.prompt },
+        "model": a.m.model,
         "accuracy": correct as f64 / n.max(1) as f64,
         "correct": correct,
-        "policy_tokens": records.iter().map(|r| r.tokens).sum::<usize>(),
+        "coverage": covered as f64 / n.max(1) as f64,
+        "covered": covered,
+        "policy_tokens": policy_tokens,
+        "tokens_per_problem": policy_tokens as f64 / n.max(1) as f64,
         "wall_s": (wall_s * 10.0).round() / 10.0,
+        "problems_per_hour": if wall_s > 0.0 { (solved_now as f64 * 3600.0 / wall_s * 10.0).round() / 10.0 } else { 0.0 },
         "new_tokens_this_run": new_tokens,
-        "ends": {
-            "answer": ends(greedy::End::Answer),
-            "code_error": ends(greedy::End::CodeError),
-            "truncated": ends(greedy::End::Truncated),
-            "eos": ends(greedy::End::Eos),
-            "max_depth": ends(greedy::End::MaxDepth),
-        },
     });
+    match a.method {
+        Method::Greedy => {
+            summary["ends"] = serde_json::json!({
+                "answer": ends(greedy::End::Answer),
+                "code_error": ends(greedy::End::CodeError),
+                "truncated": ends(greedy::End::Truncated),
+                "eos": ends(greedy::End::Eos),
+                "max_depth": ends(greedy::End::MaxDepth),
+            });
+        }
+        Method::Sc | Method::Bon => {
+            summary["samples"] = serde_json::json!(a.m.samples);
+        }
+        Method::Mcts => {
+            summary["search"] = serde_json::to_value(&runner.search)?;
+            summary["backend"] = serde_json::json!(runner.backend.name());
+            summary["time_share"] = serde_json::json!({
+                "forest": share(st.forest_secs),
+                "policy": share(st.policy_secs),
+                "exec": share(st.exec_secs),
+                "ppm": share(st.ppm_secs),
+                "grade": share(st.grade_secs),
+            });
+            summary["search_stats"] = serde_json::to_value(st)?;
+        }
+    }
     write_atomic(
         &a.out.join("summary.json"),
         &serde_json::to_string_pretty(&summary)?,
     )?;
-    let report = format!(
-        "# Evaluation\n\n| data | split | problems | method | prompt | model | accuracy | policy tokens | wall s |\n|---|---|---|---|---|---|---|---|---|\n| {} | {} | {} | {} | {:?} | {} | {:.1}% ({}/{}) | {} | {:.0} |\n\nEnds: {} answers, {} code errors, {} truncated, {} ended without an answer step, {} at max depth.\n",
-        a.data, a.split, n, a.method, a.prompt, a.model,
+    let mut report = format!(
+        "# Evaluation\n\n| data | split | problems | method | model | accuracy | coverage | policy tokens / problem | wall s |\n|---|---|---|---|---|---|---|---|---|\n| {} | {} | {} | {:?} | {} | {:.1}% ({}/{}) | {:.1}% | {:.0} | {:.0} |\n",
+        a.data, a.split, n, a.method, a.m.model,
         100.0 * correct as f64 / n.max(1) as f64, correct, n,
-        summary["policy_tokens"], wall_s,
-        ends(greedy::End::Answer), ends(greedy::End::CodeError), ends(greedy::End::Truncated), ends(greedy::End::Eos), ends(greedy::End::MaxDepth),
+        100.0 * covered as f64 / n.max(1) as f64,
+        policy_tokens as f64 / n.max(1) as f64, wall_s,
     );
+    if a.method == Method::Greedy {
+        report.push_str(&format!(
+            "\nEnds: {} answers, {} code errors, {} truncated, {} ended without an answer step, {} at max depth.\n",
+            ends(greedy::End::Answer), ends(greedy::End::CodeError), ends(greedy::End::Truncated), ends(greedy::End::Eos), ends(greedy::End::MaxDepth),
+        ));
+    }
+    if a.method == Method::Mcts && st.total_secs > 0.0 {
+        report.push_str(&format!(
+            "\nSearch time ({:.0} s, this run): policy {:.1}%, executor {:.1}%, PPM {:.1}%, grading {:.1}%, forest {:.3}% ({} backend).\n",
+            st.total_secs,
+            100.0 * st.policy_secs / st.total_secs,
+            100.0 * st.exec_secs / st.total_secs,
+            100.0 * st.ppm_secs / st.total_secs,
+            100.0 * st.grade_secs / st.total_secs,
+            100.0 * st.forest_secs / st.total_secs,
+            runner.backend.name(),
+        ));
+    }
     write_atomic(&a.out.join("report.md"), &report)?;
     if a.json {
         println!("{summary}");
@@ -239,29 +288,6 @@ impl ReferenceAnswer for Problem {
     fn reference_answer(&self) -> Option<String> {
         self.answer.clone().filter(|a| !a.trim().is_empty())
     }
-}
-
-/// Loads a policy from a spec; local models also return their tokenizer (for chat templates).
-pub fn load_policy(spec: &str, weights: &str) -> Result<(Box<dyn Policy>, Option<Tokenizer>)> {
-    if spec.starts_with("http://") || spec.starts_with("https://") {
-        let mut p = OpenAiPolicy::from_url(spec).map_err(|e| anyhow::anyhow!("{e}"))?;
-        if p.model().is_none() {
-            p.resolve_model().map_err(|e| anyhow::anyhow!("{e}"))?;
-        }
-        return Ok((Box::new(p), None));
-    }
-    let path = rstar_gpu::assets::model_path(spec).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let mode = if weights == "dense" {
-        WeightMode::Dequantized
-    } else {
-        WeightMode::Quantized
-    };
-    let t = Instant::now();
-    let p = LocalPolicy::load(&path, mode, &candle_core::Device::Cpu)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    tracing::info!(model = %path.display(), secs = t.elapsed().as_secs_f64(), "policy loaded");
-    let tok = p.tokenizer().clone();
-    Ok((Box::new(p), Some(tok)))
 }
 
 /// Complete records of an earlier run (a torn last line from a killed run is ignored).
@@ -302,7 +328,32 @@ fn read_done(path: &Path) -> Result<Vec<Record>> {
     Ok(out)
 }
 
-fn write_atomic(path: &Path, text: &str) -> Result<()> {
+/// Keeps only the trees of finished problems (a run killed after writing a batch's trees but
+/// before its records redoes that batch) and drops a torn last line.
+fn keep_trees(path: &Path, done: &std::collections::HashSet<String>) -> Result<()> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let mut kept = String::new();
+    let mut seen = std::collections::HashSet::new();
+    for line in text.lines() {
+        #[derive(serde::Deserialize)]
+        struct Id {
+            id: String,
+        }
+        if let Ok(t) = serde_json::from_str::<Id>(line) {
+            if done.contains(&t.id) && seen.insert(t.id) {
+                kept.push_str(line);
+                kept.push('\n');
+            }
+        }
+    }
+    write_atomic(path, &kept)
+}
+
+pub(crate) fn write_atomic(path: &Path, text: &str) -> Result<()> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;

@@ -6,6 +6,9 @@ mod bench;
 mod bench_generate;
 mod eval;
 mod exec;
+mod method;
+mod solve;
+mod view;
 
 use clap::{Parser, Subcommand};
 
@@ -40,6 +43,11 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Run Python snippets (JSONL in, JSONL out) in the sandboxed incremental executor.
     Exec(exec::ExecArgs),
+    /// Answer one question (MCTS by default) and print the chosen solution with its steps,
+    /// code outputs and scores.
+    Solve(solve::SolveArgs),
+    /// Show a search tree from a trees JSONL file as indented text or a static HTML page.
+    View(view::ViewArgs),
 }
 
 pub fn main() -> i32 {
@@ -50,6 +58,8 @@ pub fn main() -> i32 {
         Command::Bench(b) => bench::run(b),
         Command::Eval(a) => eval::run(a),
         Command::Exec(a) => exec::run(a),
+        Command::Solve(a) => solve::run(a),
+        Command::View(a) => view::run(a),
     };
     match result {
         Ok(()) => 0,

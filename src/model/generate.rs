@@ -10,8 +10,9 @@
 //!    hits an end-of-sequence token, a stop string, or `max_tokens`.
 //!
 //! Sampling is candle-transformers' `LogitsProcessor` (arg-max, temperature, top-k, top-p), one per
-//! sequence, seeded from (seed, prompt index, sample index) so a sequence's tokens do not depend on
-//! what else is in the batch. Text is detokenised incrementally per sequence; stop strings are
+//! sequence, seeded from (seed, the prompt's tokens, sample index) so a sequence's tokens depend neither on
+//! what else is in the batch nor on where its prompt sits in it (a search over one problem draws
+//! the same samples alone as in a batch of hundreds). Text is detokenised incrementally per sequence; stop strings are
 //! searched only in the text the last token added (plus the overlap a stop string can span).
 
 use std::path::Path;
@@ -339,7 +340,7 @@ impl LocalPolicy {
     }
 }
 
-fn sampler(sampling: &SamplingParams, prompt: usize, sample: usize) -> LogitsProcessor {
+fn sampler(sampling: &SamplingParams, prompt: u64, sample: usize) -> LogitsProcessor {
     let t = sampling.temperature;
     let mode = if t <= 0.0 {
         Sampling::ArgMax
@@ -361,9 +362,16 @@ fn sampler(sampling: &SamplingParams, prompt: usize, sample: usize) -> LogitsPro
     LogitsProcessor::from_sampling(seq_seed(sampling.seed, prompt, sample), mode)
 }
 
-/// SplitMix64 of (seed, prompt, sample): independent streams per sequence.
-fn seq_seed(seed: u64, prompt: usize, sample: usize) -> u64 {
-    let mut z = seed ^ ((prompt as u64) << 32 ^ sample as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+/// FNV-1a over a prompt's token ids: the prompt part of a sequence's seed.
+fn prompt_key(tokens: &[u32]) -> u64 {
+    tokens.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &t| {
+        (h ^ t as u64).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// SplitMix64 of (seed, prompt key, sample): independent streams per sequence.
+fn seq_seed(seed: u64, prompt: u64, sample: usize) -> u64 {
+    let mut z = seed ^ (prompt.rotate_left(17) ^ sample as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
@@ -442,7 +450,7 @@ impl Policy for LocalPolicy {
         let mut start = 0;
         while start < prompts.len() {
             let end = (start + per_group).min(prompts.len());
-            let group = self.generate_group(&ids[start..end], start, n, sampling, stop)?;
+            let group = self.generate_group(&ids[start..end], n, sampling, stop)?;
             for (k, completions) in group.into_iter().enumerate() {
                 results[start + k] = completions;
             }
@@ -460,7 +468,6 @@ impl LocalPolicy {
     fn generate_group(
         &mut self,
         prompts: &[Vec<u32>],
-        first_index: usize,
         n: usize,
         sampling: &SamplingParams,
         stop: &[String],
@@ -471,7 +478,7 @@ impl LocalPolicy {
         let mut seqs: Vec<Seq> = Vec::with_capacity(prompts.len() * n);
         for (p, (shared, logits)) in prefilled.iter().enumerate() {
             for j in 0..n {
-                let mut sampler = sampler(sampling, first_index + p, j);
+                let mut sampler = sampler(sampling, prompt_key(&prompts[p]), j);
                 let pending = sampler.sample(logits)?;
                 seqs.push(Seq {
                     prompt: p,
@@ -604,6 +611,7 @@ mod tests {
     fn seeds_differ_per_sequence() {
         assert_ne!(seq_seed(1, 0, 0), seq_seed(1, 0, 1));
         assert_ne!(seq_seed(1, 0, 1), seq_seed(1, 1, 0));
+        assert_ne!(prompt_key(&[1, 2]), prompt_key(&[2, 1]));
         assert_eq!(seq_seed(7, 3, 2), seq_seed(7, 3, 2));
     }
 

@@ -52,8 +52,9 @@ pub struct SamplingParams {
     pub top_k: Option<usize>,
     /// Most new tokens per sequence.
     pub max_tokens: usize,
-    /// Seed of the sampler; sequence `j` of prompt `i` uses a seed derived from (seed, i, j), so
-    /// results do not depend on how the batch is split.
+    /// Seed of the sampler; sample `j` of a prompt uses a seed derived from (seed, the prompt's
+    /// text, j), so results depend neither on how the batch is split nor on a prompt's place
+    /// in it.
     pub seed: u64,
 }
 
