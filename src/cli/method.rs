@@ -86,6 +86,10 @@ pub struct MethodArgs {
     /// Most steps per solution (paper: 16).
     #[arg(long)]
     pub max_depth: Option<usize>,
+    /// MCTS: when a candidate step holds an answer, keep only it (`true`, rStar's rule) or keep it
+    /// beside the non-answer candidates (`false`).
+    #[arg(long)]
+    pub answer_only: Option<bool>,
     /// MCTS leaves per tree per step (virtual loss).
     #[arg(long)]
     pub leaves_per_step: Option<usize>,
@@ -203,6 +207,9 @@ impl Runner {
         }
         if let Some(v) = args.max_depth {
             search.max_depth = v;
+        }
+        if let Some(v) = args.answer_only {
+            search.answer_only = v;
         }
         if let Some(v) = args.leaves_per_step {
             search.leaves_per_step = v;

@@ -64,6 +64,10 @@ pub struct SearchConfig {
     /// Rollouts per problem: a rollout ends when an expansion leaves no open child to descend
     /// into (all new children terminal).
     pub rollouts: usize,
+    /// When a candidate holds an answer, keep only the first such candidate (rStar's rule); with
+    /// `false`, keep the first answer and every non-answer candidate (so a small policy that
+    /// answers too early does not end the search at that node).
+    pub answer_only: bool,
     /// Leaves selected per tree per step (virtual loss keeps them apart), 1..=64.
     pub leaves_per_step: usize,
     /// Virtual loss per in-flight selection.
@@ -92,6 +96,7 @@ impl Default for SearchConfig {
             max_depth: 16,
             candidates: 8,
             rollouts: 16,
+            answer_only: true,
             leaves_per_step: 1,
             virtual_loss: 1.0,
             errors_threshold: 2,

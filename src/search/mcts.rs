@@ -6,7 +6,8 @@
 //!    numbers) and make **one** policy call for all leaves, `candidates` samples each, stopped by
 //!    rStar's stop strings;
 //! 3. per leaf: drop duplicate candidates, and if any candidate holds an answer keep only the
-//!    first such one (rStar's `llms.py` rule);
+//!    first such one (rStar's `llms.py` rule; with `answer_only = false` the non-answer
+//!    candidates stay beside it);
 //! 4. run every new step's code in **one** executor batch, each continuing from its parent's
 //!    interpreter state;
 //! 5. classify: an answer step is terminal; a failing code step counts a consecutive error and
@@ -286,7 +287,13 @@ pub fn search(
                     parsed.push((step, c.tokens));
                 }
                 if let Some(i) = parsed.iter().position(|(s, _)| s.is_final()) {
-                    parsed = vec![parsed.swap_remove(i)];
+                    if cfg.answer_only {
+                        parsed = vec![parsed.swap_remove(i)];
+                    } else {
+                        let mut seen = false;
+                        parsed
+                            .retain(|(s, _)| !s.is_final() || !std::mem::replace(&mut seen, true));
+                    }
                 }
                 let prefix = render_prefix(&st.steps_to(path));
                 let printed = path
