@@ -95,8 +95,17 @@ struct ScriptedPolicy {
     calls: Arc<Mutex<Vec<usize>>>,
 }
 
+/// A scripted candidate: ends with a stop string (stopped there), with `<eos>` (the model ended
+/// its turn), or with neither (cut off at the token limit).
 fn completion(text: &str) -> Completion {
     let tokens = text.split_whitespace().count().max(1);
+    if let Some(t) = text.strip_suffix("<eos>") {
+        return Completion {
+            text: t.to_string(),
+            tokens,
+            finish: FinishReason::Eos,
+        };
+    }
     for s in STOP_STRINGS {
         if let Some(t) = text.strip_suffix(s) {
             return Completion {

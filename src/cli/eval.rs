@@ -64,6 +64,9 @@ struct Record {
     score: Option<f32>,
     #[serde(default)]
     n_answers: usize,
+    /// Trajectories / samples whose answer is correct (for pass@k and coverage).
+    #[serde(default)]
+    n_correct: usize,
     solution: String,
     error: Option<String>,
 }
@@ -125,22 +128,27 @@ pub fn run(a: EvalArgs) -> Result<()> {
         let mut lines = String::new();
         for (p, o) in chunk.iter().zip(outcomes) {
             let reference = p.reference_answer();
-            let (correct, covered) = match &reference {
+            let (correct, n_correct) = match &reference {
                 Some(r) => {
                     let pairs: Vec<(&str, &str)> = o
                         .all_answers
                         .iter()
                         .map(|x| (x.as_str(), r.as_str()))
                         .collect();
-                    let covered = grader.equiv_many(&pairs).iter().any(|x| x.equivalent);
+                    let n_correct = grader
+                        .equiv_many(&pairs)
+                        .iter()
+                        .filter(|x| x.equivalent)
+                        .count();
                     let correct = o
                         .answer
                         .as_deref()
                         .is_some_and(|x| grader.equiv(x, r).equivalent);
-                    (correct, covered)
+                    (correct, n_correct)
                 }
-                None => (false, false),
+                None => (false, 0),
             };
+            let covered = n_correct > 0;
             new_tokens += o.tokens;
             if let Some(t) = &o.tree {
                 tree_lines.push_str(&t.to_json_line().map_err(|e| anyhow::anyhow!("{e}"))?);
@@ -159,6 +167,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
                 tokens: o.tokens,
                 score: o.score,
                 n_answers: o.n_answers,
+                n_correct,
                 solution: o.solution,
                 error: o.error,
             };

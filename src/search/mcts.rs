@@ -10,7 +10,9 @@
 //!    candidates stay beside it);
 //! 4. run every new step's code in **one** executor batch, each continuing from its parent's
 //!    interpreter state;
-//! 5. classify: an answer step is terminal; a failing code step counts a consecutive error and
+//! 5. classify: an answer step is terminal (so is a turn the model ends right after a program
+//!    output without writing `<answer>`: its answer is the printed output, as in greedy solving);
+//!    a failing code step counts a consecutive error and
 //!    is terminal at `errors_threshold`; an empty or cut-off step is invalid; a non-answer step
 //!    deeper than `max_depth` is terminal — each invalid kind with −1 on itself only;
 //! 6. score: answers ±1 against the reference (terminal-guided, PPM-augmented) or their PPM score
@@ -274,7 +276,14 @@ pub fn search(
                 let generated: usize = cands.iter().map(|c| c.tokens).sum();
                 st.tokens += generated;
                 stats.policy_tokens += generated;
+                // The model may end its turn right after the program output instead of writing an
+                // `<answer>` step; the printed output then is its answer (as in greedy solving).
+                let after_output = leaf_info
+                    .step
+                    .as_ref()
+                    .is_some_and(|s| s.ends_code && s.output.is_some());
                 let mut parsed: Vec<(Step, usize)> = Vec::new();
+                let mut ended: Vec<bool> = Vec::new();
                 for c in cands {
                     let stop = match &c.finish {
                         FinishReason::Stop(s) => Some(s.as_str()),
@@ -284,16 +293,27 @@ pub fn search(
                     if parsed.iter().any(|(s, _)| s.raw == step.raw) {
                         continue;
                     }
+                    ended.push(after_output && c.finish == FinishReason::Eos && !step.is_final());
                     parsed.push((step, c.tokens));
                 }
-                if let Some(i) = parsed.iter().position(|(s, _)| s.is_final()) {
-                    if cfg.answer_only {
-                        parsed = vec![parsed.swap_remove(i)];
-                    } else {
-                        let mut seen = false;
-                        parsed
-                            .retain(|(s, _)| !s.is_final() || !std::mem::replace(&mut seen, true));
-                    }
+                let is_answer = |i: usize, s: &Step| s.is_final() || ended[i];
+                let answers: Vec<usize> = (0..parsed.len())
+                    .filter(|&i| is_answer(i, &parsed[i].0))
+                    .collect();
+                if let Some(&first) = answers.first() {
+                    let keep: Vec<bool> = (0..parsed.len())
+                        .map(|i| i == first || (!cfg.answer_only && !answers.contains(&i)))
+                        .collect();
+                    let mut i = 0;
+                    parsed.retain(|_| {
+                        i += 1;
+                        keep[i - 1]
+                    });
+                    let mut i = 0;
+                    ended.retain(|_| {
+                        i += 1;
+                        keep[i - 1]
+                    });
                 }
                 let prefix = render_prefix(&st.steps_to(path));
                 let printed = path
@@ -302,13 +322,13 @@ pub fn search(
                     .filter_map(|&id| st.info(id).step.as_ref())
                     .find_map(|s| s.output.clone());
                 let mut kids = Vec::with_capacity(parsed.len());
-                for (j, (step, tokens)) in parsed.into_iter().enumerate() {
+                for (j, ((step, tokens), ended)) in parsed.into_iter().zip(ended).enumerate() {
                     let mut info = Info {
                         state: leaf_info.state.clone(),
                         tokens,
                         ..Info::default()
                     };
-                    if step.is_final() {
+                    if step.is_final() || ended {
                         info.terminal = Some(Terminal::Answer);
                     } else if step.stop == StopReason::Length
                         || step.issues.contains(&ParseIssue::Empty)
