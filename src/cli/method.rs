@@ -196,38 +196,28 @@ impl Runner {
                 ..SearchConfig::default()
             },
         };
-        if let Some(v) = args.mode {
-            search.mode = v;
+        // Each flag given overrides the config file (or the defaults).
+        macro_rules! overrides {
+            ($($f:ident),*) => {$(
+                if let Some(v) = args.$f {
+                    search.$f = v;
+                }
+            )*};
         }
-        if let Some(v) = args.rollouts {
-            search.rollouts = v;
-        }
-        if let Some(v) = args.candidates {
-            search.candidates = v;
-        }
-        if let Some(v) = args.max_depth {
-            search.max_depth = v;
-        }
-        if let Some(v) = args.answer_only {
-            search.answer_only = v;
-        }
-        if let Some(v) = args.leaves_per_step {
-            search.leaves_per_step = v;
-        }
-        if let Some(v) = args.c {
-            search.c = v;
-        }
-        if let Some(v) = args.temperature {
-            search.temperature = v;
-        }
-        if let Some(v) = args.seed {
-            search.seed = v;
-        }
+        overrides!(
+            mode,
+            rollouts,
+            candidates,
+            max_depth,
+            answer_only,
+            leaves_per_step,
+            c,
+            temperature,
+            seed,
+            vote_top_k
+        );
         if let Some(v) = args.max_tokens {
             search.step_tokens = v;
-        }
-        if let Some(v) = args.vote_top_k {
-            search.vote_top_k = v;
         }
         search.answer_rule = match args.answer_rule {
             Some(r) => r,
