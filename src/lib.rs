@@ -43,6 +43,7 @@ pub mod grade;
 pub mod model;
 pub mod search;
 pub mod step;
+pub mod train;
 
 pub use forest::{
     BackendKind, Backup, ChildInit, Expansion, Forest, ForestBackend, ForestConfig, ForestError,

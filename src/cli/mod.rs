@@ -8,6 +8,7 @@ mod eval;
 mod exec;
 mod method;
 mod solve;
+mod train;
 mod view;
 
 use clap::{Parser, Subcommand};
@@ -46,6 +47,10 @@ enum Command {
     /// Answer one question (MCTS by default) and print the chosen solution with its steps,
     /// code outputs and scores.
     Solve(solve::SolveArgs),
+    /// Self-evolution steps: search trees into preference pairs and SFT data (`train data`),
+    /// pairs into a trained PPM (`train ppm`).
+    #[command(subcommand)]
+    Train(train::TrainCommand),
     /// Show a search tree from a trees JSONL file as indented text or a static HTML page.
     View(view::ViewArgs),
 }
@@ -59,6 +64,7 @@ pub fn main() -> i32 {
         Command::Eval(a) => eval::run(a),
         Command::Exec(a) => exec::run(a),
         Command::Solve(a) => solve::run(a),
+        Command::Train(c) => train::run(c),
         Command::View(a) => view::run(a),
     };
     match result {

@@ -50,6 +50,11 @@ pub struct LocalPolicy {
     pub prefill_chunk: usize,
     /// Most sequences per decode forward call (bounds activation and logits memory).
     pub max_batch: usize,
+    /// Most sequences decoded together (their KV caches live at once). A search step's
+    /// candidates finish at very different lengths; decoding them all in one group lets the
+    /// long ones share forward calls instead of each group of `max_batch` waiting for its own
+    /// longest sequence in turn.
+    pub max_group: usize,
     /// Keep generating past end-of-sequence tokens (benchmarks that need fixed lengths).
     pub ignore_eos: bool,
     /// KV caches of recent prompts and finished sequences, reused by later prompts that start
@@ -158,6 +163,7 @@ impl LocalPolicy {
             name,
             prefill_chunk: 512,
             max_batch: 64,
+            max_group: 512,
             ignore_eos: false,
             prefix_cache: PrefixCache {
                 entries: Vec::new(),
@@ -444,9 +450,9 @@ impl Policy for LocalPolicy {
             }
             ids.push(t);
         }
-        // Prompts go through in groups whose samples fit one decode batch, so that memory stays
+        // Prompts go through in groups of at most `max_group` sequences, so that memory stays
         // bounded however many prompts a search step sends.
-        let per_group = (self.max_batch / n).max(1);
+        let per_group = (self.max_group.max(self.max_batch) / n).max(1);
         let mut start = 0;
         while start < prompts.len() {
             let end = (start + per_group).min(prompts.len());
