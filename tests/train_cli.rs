@@ -205,6 +205,44 @@ fn train_data_then_ppm_on_smollm2() {
         assert!(s.iter().all(|x| (-1.0..=1.0).contains(x)));
     }
 
+    // eval loads the trained PPM: sc with --ppm records Best-of-N on the same samples.
+    let ev = dir.join("eval");
+    let s = json_out(
+        bin()
+            .args(["eval", "--data", "gsm8k", "--limit", "2", "--method", "sc"])
+            .args([
+                "--samples",
+                "2",
+                "--model",
+                "smollm2-135m",
+                "--max-tokens",
+                "48",
+            ])
+            .args(["--json", "--ppm"])
+            .arg(&ppm_dir)
+            .arg("--out")
+            .arg(&ev)
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(s["bon_n"], 2, "{s}");
+    let bon_acc = s["bon_accuracy"].as_f64().unwrap();
+    let recs: Vec<serde_json::Value> = std::fs::read_to_string(ev.join("results.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let right = recs.iter().filter(|r| r["bon_correct"] == true).count();
+    assert_eq!(bon_acc, right as f64 / 2.0);
+    for r in &recs {
+        assert!(r["bon_correct"].is_boolean(), "{r}");
+        // The pick is one of the sampled answers (or none when no sample answered).
+        assert!(
+            r["bon_answer"].is_null() || r["n_answers"].as_u64().unwrap() > 0,
+            "{r}"
+        );
+    }
+
     // Bad input: one error line naming the file.
     let o = bin()
         .args(["train", "ppm", "--model", "smollm2-135m", "--pairs"])

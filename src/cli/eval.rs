@@ -69,6 +69,11 @@ struct Record {
     n_correct: usize,
     solution: String,
     error: Option<String>,
+    /// `sc` with `--ppm`: the Best-of-N answer on the same samples, and its grade.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    bon_answer: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    bon_correct: Option<bool>,
 }
 
 pub fn run(a: EvalArgs) -> Result<()> {
@@ -149,6 +154,16 @@ pub fn run(a: EvalArgs) -> Result<()> {
                 None => (false, 0),
             };
             let covered = n_correct > 0;
+            let (bon_answer, bon_correct) = match &o.bon {
+                Some((ans, _)) => (
+                    ans.clone(),
+                    Some(match (ans, &reference) {
+                        (Some(x), Some(r)) => grader.equiv(x, r).equivalent,
+                        _ => false,
+                    }),
+                ),
+                None => (None, None),
+            };
             new_tokens += o.tokens;
             if let Some(t) = &o.tree {
                 tree_lines.push_str(&t.to_json_line().map_err(|e| anyhow::anyhow!("{e}"))?);
@@ -170,6 +185,8 @@ pub fn run(a: EvalArgs) -> Result<()> {
                 n_correct,
                 solution: o.solution,
                 error: o.error,
+                bon_answer,
+                bon_correct,
             };
             lines.push_str(&serde_json::to_string(&rec)?);
             lines.push('\n');
@@ -236,6 +253,12 @@ pub fn run(a: EvalArgs) -> Result<()> {
         }
         Method::Sc | Method::Bon => {
             summary["samples"] = serde_json::json!(a.m.samples);
+            let bon: Vec<bool> = records.iter().filter_map(|r| r.bon_correct).collect();
+            if !bon.is_empty() {
+                summary["bon_accuracy"] =
+                    serde_json::json!(bon.iter().filter(|&&c| c).count() as f64 / bon.len() as f64);
+                summary["bon_n"] = serde_json::json!(bon.len());
+            }
         }
         Method::Mcts => {
             summary["search"] = serde_json::to_value(&runner.search)?;
@@ -265,6 +288,13 @@ pub fn run(a: EvalArgs) -> Result<()> {
         report.push_str(&format!(
             "\nEnds: {} answers, {} code errors, {} truncated, {} ended without an answer step, {} at max depth.\n",
             ends(greedy::End::Answer), ends(greedy::End::CodeError), ends(greedy::End::Truncated), ends(greedy::End::Eos), ends(greedy::End::MaxDepth),
+        ));
+    }
+    if let (Some(acc), Some(n)) = (summary["bon_accuracy"].as_f64(), summary["bon_n"].as_u64()) {
+        report.push_str(&format!(
+            "\nBest-of-{} by the PPM on the same samples: {:.1}% ({n} problems).\n",
+            a.m.samples,
+            100.0 * acc
         ));
     }
     if a.method == Method::Mcts && st.total_secs > 0.0 {

@@ -54,9 +54,11 @@ pub struct MethodArgs {
     /// Weights in memory for local models: as stored (`quantized`) or f32 (`dense`).
     #[arg(long, default_value = "quantized", value_parser = ["quantized", "dense"])]
     pub weights: String,
-    /// PPM for bon and mcts: a directory written by training (ppm.json + value_head.safetensors),
-    /// or `untrained` for the policy's backbone with a random head (a smoke check only). Without
-    /// it, MCTS in test mode scores every node 0 and picks answers by majority.
+    /// PPM for bon and mcts: a directory written by `train ppm` (ppm.json +
+    /// value_head.safetensors), or `untrained` for the policy's backbone with a random head (a
+    /// smoke check only). Without it, MCTS in test mode scores every node 0 and picks answers by
+    /// majority. Given to sc, the PPM's Best-of-N pick on the same samples is recorded beside the
+    /// majority vote (`bon_answer`, `bon_correct`, summary `bon_accuracy`).
     #[arg(long)]
     pub ppm: Option<String>,
     /// Solutions per problem for sc and bon.
@@ -133,6 +135,9 @@ pub struct Outcome {
     /// All extracted answers (sc / bon / mcts), for coverage.
     pub all_answers: Vec<String>,
     pub tree: Option<SearchTree>,
+    /// `sc` with a PPM: the Best-of-N pick on the same samples (answer, PPM score), so the two
+    /// rules are compared without sampling noise between them.
+    pub bon: Option<(Option<String>, Option<f32>)>,
 }
 
 /// A loaded policy and what belongs with it.
@@ -246,7 +251,9 @@ impl Runner {
             None
         };
         let ppm = match (&args.ppm, method) {
-            (Some(spec), Method::Bon | Method::Mcts) => Some(load_ppm(spec, &args, &loaded)?),
+            (Some(spec), Method::Sc | Method::Bon | Method::Mcts) => {
+                Some(load_ppm(spec, &args, &loaded)?)
+            }
             _ => None,
         };
         Ok(Runner {
@@ -343,32 +350,34 @@ impl Runner {
                 row.iter().filter(|s| s.answer.is_some()).collect();
             let all_answers: Vec<String> =
                 answered.iter().filter_map(|s| s.answer.clone()).collect();
-            let (chosen, score) = match self.method {
-                Method::Bon => {
-                    let ppm = self.ppm.as_ref().context("Best-of-N needs a PPM")?;
-                    let items: Vec<(&str, &str)> = answered
-                        .iter()
-                        .map(|s| (p.question.as_str(), s.solution.as_str()))
-                        .collect();
-                    let t = Instant::now();
-                    let scores = ppm.score(&items).map_err(|e| anyhow::anyhow!("PPM: {e}"))?;
-                    self.stats.ppm_secs += t.elapsed().as_secs_f64();
-                    if let Some(bad) = scores.iter().find(|s| !s.is_finite()) {
-                        anyhow::bail!("PPM: problem {}: score {bad} is not finite", p.id);
-                    }
-                    let scored: Vec<Scored<'_>> = answered
-                        .iter()
-                        .zip(&scores)
-                        .map(|(s, &v)| Scored {
-                            answer: s.answer.as_deref().unwrap_or_default(),
-                            score: v,
-                        })
-                        .collect();
-                    match pick(&self.grader, &scored, AnswerRule::Best, 1) {
-                        Some(k) => (Some(answered[k.index]), Some(scores[k.index])),
-                        None => (None, None),
-                    }
+            let mut bon: Option<(Option<&sample::Sample>, Option<f32>)> = None;
+            if let Some(ppm) = self.ppm.as_ref() {
+                let items: Vec<(&str, &str)> = answered
+                    .iter()
+                    .map(|s| (p.question.as_str(), s.solution.as_str()))
+                    .collect();
+                let t = Instant::now();
+                let scores = ppm.score(&items).map_err(|e| anyhow::anyhow!("PPM: {e}"))?;
+                self.stats.ppm_secs += t.elapsed().as_secs_f64();
+                if let Some(bad) = scores.iter().find(|s| !s.is_finite()) {
+                    anyhow::bail!("PPM: problem {}: score {bad} is not finite", p.id);
                 }
+                let scored: Vec<Scored<'_>> = answered
+                    .iter()
+                    .zip(&scores)
+                    .map(|(s, &v)| Scored {
+                        answer: s.answer.as_deref().unwrap_or_default(),
+                        score: v,
+                    })
+                    .collect();
+                bon = Some(match pick(&self.grader, &scored, AnswerRule::Best, 1) {
+                    Some(k) => (Some(answered[k.index]), Some(scores[k.index])),
+                    None => (None, None),
+                });
+            }
+            let (chosen, score) = match (self.method, bon) {
+                (Method::Bon, Some(b)) => b,
+                (Method::Bon, None) => anyhow::bail!("Best-of-N needs a PPM"),
                 _ => {
                     let scored: Vec<Scored<'_>> = answered
                         .iter()
@@ -398,6 +407,10 @@ impl Runner {
                 score,
                 n_answers: answered.len(),
                 all_answers,
+                bon: (self.method == Method::Sc)
+                    .then_some(bon)
+                    .flatten()
+                    .map(|(c, sc)| (c.and_then(|s| s.answer.clone()), sc)),
                 ..Outcome::default()
             });
         }
