@@ -294,9 +294,14 @@ fn validate(pairs: &[PairFeatures], d: usize, cfg: &HeadTrainConfig) -> Result<(
             "epochs and batch size must be >= 1".into(),
         ));
     }
-    if !(cfg.lr.is_finite() && cfg.lr > 0.0) || !(cfg.weight_decay.is_finite()) {
+    if !(cfg.lr.is_finite() && cfg.lr > 0.0) {
         return Err(TrainError::Data(
             "the learning rate must be > 0 and finite".into(),
+        ));
+    }
+    if !(cfg.weight_decay.is_finite() && cfg.weight_decay >= 0.0) {
+        return Err(TrainError::Data(
+            "the weight decay must be >= 0 and finite".into(),
         ));
     }
     if !(0.0..1.0).contains(&cfg.holdout) {
