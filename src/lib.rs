@@ -37,10 +37,12 @@
 
 pub mod assets;
 pub mod data;
+pub mod evolve;
 pub mod exec;
 pub mod forest;
 pub mod grade;
 pub mod model;
+pub mod report;
 pub mod search;
 pub mod step;
 pub mod train;

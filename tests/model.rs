@@ -244,7 +244,7 @@ fn safetensors_directory_round_trip() {
     let dense = LocalPolicy::load(&model_path(), WeightMode::Dequantized, &Device::Cpu).unwrap();
     let dir = tempdir("hf");
     dense.save_hf_dir(&dir).unwrap();
-    let mut hf = LocalPolicy::load(&dir, WeightMode::Quantized, &Device::Cpu).unwrap();
+    let mut hf = LocalPolicy::load(&dir, WeightMode::Dequantized, &Device::Cpu).unwrap();
     assert!(
         hf.model().config().rope_neox,
         "HF layout uses the NeoX rotation"

@@ -13,34 +13,34 @@ use rstar_gpu::search::PromptStyle;
 
 use super::method::{Method, MethodArgs, Runner};
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Clone)]
 pub struct EvalArgs {
     /// Data set: gsm8k, math, math500, or a path to a JSONL file.
     #[arg(long, default_value = "gsm8k")]
-    data: String,
+    pub(crate) data: String,
     /// Split of a named data set (train or test).
     #[arg(long, default_value = "test")]
-    split: String,
+    pub(crate) split: String,
     /// Evaluate only the first N problems.
     #[arg(long)]
-    limit: Option<usize>,
+    pub(crate) limit: Option<usize>,
     /// Method: greedy, sc (self-consistency), bon (Best-of-N with the PPM), mcts.
     #[arg(long, value_enum, default_value_t = Method::Greedy)]
-    method: Method,
+    pub(crate) method: Method,
     #[command(flatten)]
-    m: MethodArgs,
+    pub(crate) m: MethodArgs,
     /// Problems solved together (one batched policy call per step for all of them).
     #[arg(long, default_value_t = 16)]
-    batch: usize,
+    pub(crate) batch: usize,
     /// Output directory: results.jsonl (one line per problem, appended as batches finish),
     /// trees.jsonl (mcts: one search tree per problem, for `rstar-gpu view` and self-evolution),
     /// summary.json and report.md. An existing results.jsonl is resumed: finished problems are
     /// not redone.
     #[arg(long, default_value = "runs/eval")]
-    out: PathBuf,
+    pub(crate) out: PathBuf,
     /// Print exactly one JSON object (the summary) on stdout.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 /// One line of results.jsonl.
@@ -77,6 +77,12 @@ struct Record {
 }
 
 pub fn run(a: EvalArgs) -> Result<()> {
+    run_eval(&a, false).map(|_| ())
+}
+
+/// Runs (or resumes) one evaluation and returns its summary. `quiet` prints nothing on stdout
+/// (evolve runs evaluations as stages of its own).
+pub(crate) fn run_eval(a: &EvalArgs, quiet: bool) -> Result<serde_json::Value> {
     anyhow::ensure!(a.batch >= 1, "--batch must be at least 1");
     let mut problems =
         rstar_gpu::data::load(&a.data, &a.split).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -225,12 +231,12 @@ pub fn run(a: EvalArgs) -> Result<()> {
         }
     };
     let mut summary = serde_json::json!({
-        "data": a.data,
-        "split": a.split,
+        "data": &a.data,
+        "split": &a.split,
         "n_problems": n,
         "method": a.method,
         "prompt": if a.method == Method::Mcts { PromptStyle::Code } else { a.m.prompt },
-        "model": a.m.model,
+        "model": &a.m.model,
         "accuracy": correct as f64 / n.max(1) as f64,
         "correct": correct,
         "coverage": covered as f64 / n.max(1) as f64,
@@ -310,13 +316,14 @@ pub fn run(a: EvalArgs) -> Result<()> {
         ));
     }
     write_atomic(&a.out.join("report.md"), &report)?;
-    if a.json {
+    if quiet {
+    } else if a.json {
         println!("{summary}");
     } else {
         print!("{report}");
         println!("(per-problem results: {})", results_path.display());
     }
-    Ok(())
+    Ok(summary)
 }
 
 trait ReferenceAnswer {

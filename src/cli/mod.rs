@@ -5,6 +5,7 @@ mod assets;
 mod bench;
 mod bench_generate;
 mod eval;
+mod evolve;
 mod exec;
 mod method;
 mod solve;
@@ -42,13 +43,19 @@ enum Command {
     /// Evaluate a method on a data set (GSM8K, MATH, MATH500 or a JSONL file): per-problem
     /// JSONL, a summary JSON and a markdown report; resumable.
     Eval(eval::EvalArgs),
+    /// Self-evolution rounds (rStar-Math): search the training problems, turn the trees into SFT
+    /// data and preference pairs, fine-tune the policy and train the PPM, evaluate; repeat.
+    /// Killed at any moment, `--resume` continues without losing or repeating records. Writes a
+    /// per-round markdown report and an accuracy chart (PNG).
+    Evolve(evolve::EvolveArgs),
     /// Run Python snippets (JSONL in, JSONL out) in the sandboxed incremental executor.
     Exec(exec::ExecArgs),
     /// Answer one question (MCTS by default) and print the chosen solution with its steps,
     /// code outputs and scores.
     Solve(solve::SolveArgs),
-    /// Self-evolution steps: search trees into preference pairs and SFT data (`train data`),
-    /// pairs into a trained PPM (`train ppm`).
+    /// Self-evolution steps one at a time: search trees into preference pairs and SFT data
+    /// (`train data`), pairs into a trained PPM (`train ppm`), SFT data into a fine-tuned policy
+    /// (`train policy`).
     #[command(subcommand)]
     Train(train::TrainCommand),
     /// Show a search tree from a trees JSONL file as indented text or a static HTML page.
@@ -62,6 +69,7 @@ pub fn main() -> i32 {
         Command::Assets(a) => assets::run(a),
         Command::Bench(b) => bench::run(b),
         Command::Eval(a) => eval::run(a),
+        Command::Evolve(a) => evolve::run(a),
         Command::Exec(a) => exec::run(a),
         Command::Solve(a) => solve::run(a),
         Command::Train(c) => train::run(c),

@@ -5,9 +5,15 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
+use rstar_gpu::model::generate::LocalPolicy;
 use rstar_gpu::model::ppm::Ppm;
-use rstar_gpu::train::export::{read_pairs, write_pairs, write_sft_messages};
+use rstar_gpu::model::transformer::WeightMode;
+use rstar_gpu::search::prompt::render;
+use rstar_gpu::search::PromptStyle;
+use rstar_gpu::train::export::{read_pairs, read_sft, write_pairs, write_sft_messages, Role};
+use rstar_gpu::train::model::TrainModel;
 use rstar_gpu::train::pairs::{pairs, PairConfig, PairKind};
+use rstar_gpu::train::policy::{save_checkpoint, tokenize, train_sft, SftTrainConfig};
 use rstar_gpu::train::ppm::{pair_features, train_head, Head, HeadTrainConfig};
 use rstar_gpu::train::sft::{select, SftConfig};
 
@@ -23,86 +29,143 @@ pub enum TrainCommand {
     /// backbone is frozen, so this runs on a CPU), and write the PPM directory that
     /// `eval --ppm DIR` and `solve --ppm DIR` load.
     Ppm(PpmArgs),
+    /// Fine-tune the policy on SFT trajectories (`sft.jsonl` of `train data`, or any chat
+    /// `messages` JSONL: the last user turn is the question, the last assistant turn the
+    /// solution) with the next-token loss, in candle, and write a Hugging Face checkpoint that
+    /// `--model DIR` loads. The question is rendered with the search's code-augmented prompt, so
+    /// the tuned policy continues exactly the text the search gives it.
+    Policy(PolicyArgs),
 }
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Clone)]
+pub struct PolicyArgs {
+    /// SFT file (JSONL of `{"messages": [...]}`).
+    #[arg(long)]
+    pub sft: PathBuf,
+    /// The model to fine-tune: an asset name, a .gguf file or a Hugging Face directory (the
+    /// paper restarts from the base model every round).
+    #[arg(long, default_value = "qwen2.5-coder-0.5b")]
+    pub model: String,
+    /// Output checkpoint directory (Hugging Face layout, f32 safetensors + tokenizer files +
+    /// train_report.json).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Which weights train: `lora:R[:ALPHA]` (adapters on every projection, merged on save),
+    /// `top:K` (the last K layers and the final norm), or `all`.
+    #[arg(long, default_value = "lora:8")]
+    pub layers: rstar_gpu::train::model::Layers,
+    #[arg(long, default_value_t = SftTrainConfig::default().epochs)]
+    pub epochs: usize,
+    /// AdamW learning rate (LoRA wants ~1e-4..1e-3; full or top-K fine-tuning ~1e-5).
+    #[arg(long, default_value_t = SftTrainConfig::default().lr)]
+    pub lr: f64,
+    #[arg(long, default_value_t = SftTrainConfig::default().weight_decay)]
+    pub weight_decay: f64,
+    /// Sequences per optimiser step (gradients accumulated one sequence at a time).
+    #[arg(long, default_value_t = SftTrainConfig::default().batch_size)]
+    pub batch_size: usize,
+    /// Longest training sequence in tokens (prompt + solution).
+    #[arg(long, default_value_t = SftTrainConfig::default().max_tokens)]
+    pub max_tokens: usize,
+    /// Fraction of problems held out for the loss check.
+    #[arg(long, default_value_t = 0.0)]
+    pub holdout: f64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Print exactly one JSON object (the training report) on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Print nothing on stdout (set by `evolve`).
+    #[arg(skip)]
+    pub quiet: bool,
+}
+
+#[derive(Args, Debug, Clone)]
 pub struct DataArgs {
     /// Trees files (JSONL, one tree per line); several are merged.
     #[arg(long, required = true, num_args = 1..)]
-    trees: Vec<PathBuf>,
+    pub trees: Vec<PathBuf>,
     /// Output directory for pairs.jsonl and sft.jsonl.
     #[arg(long)]
-    out: PathBuf,
+    pub out: PathBuf,
     /// Positives and negatives per node (paper: 2).
     #[arg(long, default_value_t = 2)]
-    per_side: usize,
+    pub per_side: usize,
     /// Drop step pairs whose Q margin is below this (official code: 0.5).
     #[arg(long, default_value_t = 0.5)]
-    min_margin: f32,
+    pub min_margin: f32,
     /// Drop pairs whose texts are within this Levenshtein distance (official code: 20).
     #[arg(long, default_value_t = 20)]
-    min_edit_distance: usize,
+    pub min_edit_distance: usize,
     /// Keep step pairs even when the positive's greedy continuation has a lower average Q.
     #[arg(long)]
-    no_greedy_check: bool,
+    pub no_greedy_check: bool,
     /// SFT trajectories per problem (paper: 2).
     #[arg(long, default_value_t = 2)]
-    sft_per_problem: usize,
+    pub sft_per_problem: usize,
     /// Keep SFT trajectories that contain a code error.
     #[arg(long)]
-    keep_errors: bool,
+    pub keep_errors: bool,
     /// A system message for every SFT example.
     #[arg(long)]
-    system: Option<String>,
+    pub system: Option<String>,
     /// Print exactly one JSON object (the counts) on stdout.
     #[arg(long)]
-    json: bool,
+    pub json: bool,
+    /// Print nothing on stdout (set by `evolve`).
+    #[arg(skip)]
+    pub quiet: bool,
 }
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Clone)]
 pub struct PpmArgs {
     /// Pairs file written by `train data`.
     #[arg(long)]
-    pairs: PathBuf,
+    pub pairs: PathBuf,
     /// Backbone: an asset name, a .gguf file or a Hugging Face directory (the policy of this
     /// round).
     #[arg(long, default_value = "qwen2.5-coder-0.5b")]
-    model: String,
+    pub model: String,
     /// Start from this PPM's head (a directory) instead of a fresh one.
     #[arg(long)]
-    init: Option<PathBuf>,
+    pub init: Option<PathBuf>,
     /// Output PPM directory (ppm.json, value_head.safetensors, train_report.json).
     #[arg(long)]
-    out: PathBuf,
+    pub out: PathBuf,
     #[arg(long, default_value_t = HeadTrainConfig::default().epochs)]
-    epochs: usize,
+    pub epochs: usize,
     #[arg(long, default_value_t = HeadTrainConfig::default().lr)]
-    lr: f64,
+    pub lr: f64,
     #[arg(long, default_value_t = HeadTrainConfig::default().weight_decay)]
-    weight_decay: f64,
+    pub weight_decay: f64,
     #[arg(long, default_value_t = HeadTrainConfig::default().batch_size)]
-    batch_size: usize,
+    pub batch_size: usize,
     /// Fraction of problems held out for the pairwise-accuracy check.
     #[arg(long, default_value_t = HeadTrainConfig::default().holdout)]
-    holdout: f64,
+    pub holdout: f64,
     #[arg(long, default_value_t = 0)]
-    seed: u64,
+    pub seed: u64,
     /// Weight every pair 1 instead of 1/(positives·negatives) of its node.
     #[arg(long)]
-    uniform_weights: bool,
+    pub uniform_weights: bool,
     /// Print exactly one JSON object (the training report) on stdout.
     #[arg(long)]
-    json: bool,
+    pub json: bool,
+    /// Print nothing on stdout (set by `evolve`).
+    #[arg(skip)]
+    pub quiet: bool,
 }
 
 pub fn run(c: TrainCommand) -> Result<()> {
     match c {
-        TrainCommand::Data(a) => data(a),
-        TrainCommand::Ppm(a) => ppm(a),
+        TrainCommand::Data(a) => data(&a).map(|_| ()),
+        TrainCommand::Ppm(a) => ppm(&a).map(|_| ()),
+        TrainCommand::Policy(a) => policy(&a).map(|_| ()),
     }
 }
 
-fn data(a: DataArgs) -> Result<()> {
+/// `train data`: returns the counts.
+pub(crate) fn data(a: &DataArgs) -> Result<serde_json::Value> {
     let pcfg = PairConfig {
         per_side: a.per_side,
         min_margin: a.min_margin,
@@ -152,7 +215,8 @@ fn data(a: DataArgs) -> Result<()> {
         "pairs_file": pairs_path,
         "sft_file": sft_path,
     });
-    if a.json {
+    if a.quiet {
+    } else if a.json {
         println!("{summary}");
     } else {
         println!(
@@ -164,10 +228,11 @@ fn data(a: DataArgs) -> Result<()> {
             sft_path.display()
         );
     }
-    Ok(())
+    Ok(summary)
 }
 
-fn ppm(a: PpmArgs) -> Result<()> {
+/// `train ppm`: returns the training report (also written as `train_report.json`).
+pub(crate) fn ppm(a: &PpmArgs) -> Result<serde_json::Value> {
     let cfg = HeadTrainConfig {
         epochs: a.epochs,
         lr: a.lr,
@@ -235,7 +300,8 @@ fn ppm(a: PpmArgs) -> Result<()> {
         &a.out.join("train_report.json"),
         &serde_json::to_string_pretty(&summary)?,
     )?;
-    if a.json {
+    if a.quiet {
+    } else if a.json {
         println!("{summary}");
     } else {
         let last = report.last();
@@ -252,5 +318,115 @@ fn ppm(a: PpmArgs) -> Result<()> {
             a.out.display()
         );
     }
-    Ok(())
+    Ok(summary)
+}
+
+/// `train policy`: returns the training report (also written as `train_report.json`).
+pub(crate) fn policy(a: &PolicyArgs) -> Result<serde_json::Value> {
+    let cfg = SftTrainConfig {
+        layers: a.layers,
+        epochs: a.epochs,
+        lr: a.lr,
+        weight_decay: a.weight_decay,
+        batch_size: a.batch_size,
+        max_tokens: a.max_tokens,
+        holdout: a.holdout,
+        seed: a.seed,
+        ..SftTrainConfig::default()
+    };
+    anyhow::ensure!(
+        !matches!(a.layers, rstar_gpu::train::model::Layers::Head),
+        "--layers head trains nothing in a policy; use lora:R, top:K or all"
+    );
+    let records = read_sft(&a.sft)?;
+    let mut items = Vec::with_capacity(records.len());
+    for (i, r) in records.iter().enumerate() {
+        let last = |role: Role| {
+            r.messages
+                .iter()
+                .rev()
+                .find(|m| m.role == role)
+                .map(|m| m.content.clone())
+        };
+        let (Some(q), Some(sol)) = (last(Role::User), last(Role::Assistant)) else {
+            anyhow::bail!(
+                "{}:{}: an SFT record needs a user and an assistant message",
+                a.sft.display(),
+                i + 1
+            );
+        };
+        items.push((q, sol));
+    }
+    anyhow::ensure!(
+        !items.is_empty(),
+        "{} holds no SFT examples; search more problems (SFT keeps correct, error-free trajectories)",
+        a.sft.display()
+    );
+    let path = rstar_gpu::assets::model_path(&a.model).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let t0 = std::time::Instant::now();
+    let base = LocalPolicy::load(&path, WeightMode::Dequantized, &candle_core::Device::Cpu)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let tok = base.tokenizer().clone();
+    let model = TrainModel::new(base.model(), a.layers, a.seed)?;
+    drop(base);
+    let triples: Vec<(String, String, String)> = items
+        .iter()
+        .map(|(q, sol)| {
+            (
+                q.clone(),
+                render(Some(&tok), PromptStyle::Code, q),
+                sol.clone(),
+            )
+        })
+        .collect();
+    let seqs = tokenize(&tok, &triples, a.max_tokens)?;
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:30} step {pos}/{len}  {msg}  [{elapsed_precise} < {eta_precise}]",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let t1 = std::time::Instant::now();
+    let report = train_sft(&model, &seqs, &cfg, |p| {
+        bar.set_length(p.total_steps as u64);
+        bar.set_position(p.step as u64);
+        bar.set_message(format!(
+            "epoch {}  loss {:.4}  {:.2} steps/s",
+            p.epoch,
+            p.loss,
+            p.step as f64 / t1.elapsed().as_secs_f64().max(1e-9)
+        ));
+    })?;
+    bar.finish_and_clear();
+    save_checkpoint(&model, &tok, &a.out)?;
+    let mut summary = serde_json::to_value(&report)?;
+    summary["sft_file"] = serde_json::json!(a.sft);
+    summary["base_model"] = serde_json::json!(a.model);
+    summary["checkpoint"] = serde_json::json!(a.out);
+    summary["config"] = serde_json::to_value(&cfg)?;
+    summary["total_secs"] = serde_json::json!(t0.elapsed().as_secs_f64());
+    super::eval::write_atomic(
+        &a.out.join("train_report.json"),
+        &serde_json::to_string_pretty(&summary)?,
+    )?;
+    if a.quiet {
+    } else if a.json {
+        println!("{summary}");
+    } else {
+        let last = report.epochs.last();
+        println!(
+            "policy tuned ({}, {} trainable parameters) on {} sequences ({} target tokens), {} steps: train loss {:.4}{}; saved {}",
+            report.layers,
+            report.trainable_params,
+            report.train_sequences,
+            report.target_tokens,
+            report.steps,
+            last.map_or(f64::NAN, |e| e.train_loss),
+            last.and_then(|e| e.heldout_loss)
+                .map_or(String::new(), |l| format!(", held-out loss {l:.4} (before {:.4})", report.initial_heldout_loss.unwrap_or(f64::NAN))),
+            a.out.display()
+        );
+    }
+    Ok(summary)
 }

@@ -131,14 +131,19 @@ impl PrefixCache {
 
 impl LocalPolicy {
     /// Loads a GGUF file (tokenizer from its metadata) or a Hugging Face directory
-    /// (`config.json`, `*.safetensors`, `tokenizer.json`).
+    /// (`config.json`, `*.safetensors`, `tokenizer.json`; its f32 projections are re-quantized to
+    /// Q8_0 unless `mode` is [`WeightMode::Dequantized`]).
     pub fn load(path: &Path, mode: WeightMode, device: &Device) -> Result<Self, ModelError> {
         let name = path
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| path.display().to_string());
         let (model, tokenizer) = if path.is_dir() {
-            let model = Transformer::from_safetensors_dir(path, device)?;
+            let mut model = Transformer::from_safetensors_dir(path, device)?;
+            // A float checkpoint decodes through the Q8 kernels unless f32 was asked for.
+            if mode != WeightMode::Dequantized {
+                model = model.into_q8()?;
+            }
             let tokenizer = Tokenizer::from_file(path.join("tokenizer.json"))?;
             (model, tokenizer)
         } else {
@@ -179,31 +184,7 @@ impl LocalPolicy {
     /// [`LocalPolicy::load`] and Hugging Face tools read back.
     pub fn save_hf_dir(&self, dir: &Path) -> Result<(), ModelError> {
         self.model.save_safetensors_dir(dir)?;
-        let err = |p: &Path, e: &dyn std::fmt::Display| ModelError::File {
-            path: p.display().to_string(),
-            msg: e.to_string(),
-        };
-        let tok_path = dir.join("tokenizer.json");
-        self.tokenizer
-            .inner()
-            .save(&tok_path, false)
-            .map_err(|e| err(&tok_path, &e))?;
-        let name = |id: Option<u32>| id.and_then(|i| self.tokenizer.id_to_token(i));
-        let mut cfg = serde_json::json!({
-            "add_bos_token": self.tokenizer.adds_bos(),
-            "eos_token": name(self.tokenizer.eos_ids().first().copied()),
-            "bos_token": name(self.tokenizer.bos_id()),
-        });
-        if let Some(t) = self.tokenizer.chat_template_source() {
-            cfg["chat_template"] = t.into();
-        }
-        let cfg_path = dir.join("tokenizer_config.json");
-        std::fs::write(
-            &cfg_path,
-            serde_json::to_string_pretty(&cfg).unwrap_or_default(),
-        )
-        .map_err(|e| err(&cfg_path, &e))?;
-        Ok(())
+        save_tokenizer_files(&self.tokenizer, dir)
     }
 
     pub fn model(&self) -> &Arc<Transformer> {
@@ -633,4 +614,34 @@ mod tests {
         s.top_p = 1.0;
         assert!(s.validate(1).is_ok());
     }
+}
+
+/// Writes `tokenizer.json` and `tokenizer_config.json` (EOS/BOS tokens, chat template) into
+/// `dir`, as Hugging Face tools and [`LocalPolicy::load`] read them.
+pub fn save_tokenizer_files(tokenizer: &Tokenizer, dir: &Path) -> Result<(), ModelError> {
+    let err = |p: &Path, e: &dyn std::fmt::Display| ModelError::File {
+        path: p.display().to_string(),
+        msg: e.to_string(),
+    };
+    let tok_path = dir.join("tokenizer.json");
+    tokenizer
+        .inner()
+        .save(&tok_path, false)
+        .map_err(|e| err(&tok_path, &e))?;
+    let name = |id: Option<u32>| id.and_then(|i| tokenizer.id_to_token(i));
+    let mut cfg = serde_json::json!({
+        "add_bos_token": tokenizer.adds_bos(),
+        "eos_token": name(tokenizer.eos_ids().first().copied()),
+        "bos_token": name(tokenizer.bos_id()),
+    });
+    if let Some(t) = tokenizer.chat_template_source() {
+        cfg["chat_template"] = t.into();
+    }
+    let cfg_path = dir.join("tokenizer_config.json");
+    std::fs::write(
+        &cfg_path,
+        serde_json::to_string_pretty(&cfg).unwrap_or_default(),
+    )
+    .map_err(|e| err(&cfg_path, &e))?;
+    Ok(())
 }

@@ -606,8 +606,15 @@ impl Transformer {
     /// Hugging Face tensor names). Quantized weights are dequantized; a llama GGUF's permuted Q/K
     /// rows are put back in Hugging Face order, so the directory loads in any HF-layout reader.
     pub fn save_safetensors_dir(&self, dir: &Path) -> Result<(), ModelError> {
+        let (map, hf) = self.hf_tensors()?;
+        write_hf_weights(dir, &map, &hf)
+    }
+
+    /// Every weight as an f32 tensor under its Hugging Face name, in Hugging Face row order (Q/K
+    /// rows of a llama GGUF un-permuted, so RoPE pairs (i, i + head_dim/2)), and the matching
+    /// `config.json` object. The training model ([`crate::train::model`]) starts from these.
+    pub fn hf_tensors(&self) -> Result<(HashMap<String, Tensor>, serde_json::Value), ModelError> {
         let cfg = &self.cfg;
-        std::fs::create_dir_all(dir).map_err(|e| file_err(dir, e))?;
         let dense = |m: &Linear| -> Result<Tensor, ModelError> { Ok(m.dense(&self.device)?) };
         // GGUF row (head, i, j) of [heads, hd/2, 2] is HF row (head, j, i) of [heads, 2, hd/2].
         let unpermute = |t: Tensor, heads: usize| -> Result<Tensor, ModelError> {
@@ -659,8 +666,6 @@ impl Transformer {
             map.insert(format!("{p}.mlp.up_proj.weight"), dense(&l.w_up)?);
             map.insert(format!("{p}.mlp.down_proj.weight"), dense(&l.w_down)?);
         }
-        let weights = dir.join("model.safetensors");
-        candle_core::safetensors::save(&map, &weights).map_err(|e| file_err(&weights, e))?;
         let hf = serde_json::json!({
             "architectures": [match cfg.arch { Arch::Llama => "LlamaForCausalLM", Arch::Qwen2 => "Qwen2ForCausalLM" }],
             "model_type": match cfg.arch { Arch::Llama => "llama", Arch::Qwen2 => "qwen2" },
@@ -677,10 +682,34 @@ impl Transformer {
             "tie_word_embeddings": false,
             "torch_dtype": "float32",
         });
-        let path = dir.join("config.json");
-        std::fs::write(&path, serde_json::to_string_pretty(&hf).unwrap_or_default())
-            .map_err(|e| file_err(&path, e))?;
-        Ok(())
+        Ok((map, hf))
+    }
+
+    /// The same model with every f32 projection re-quantized to Q8_0 ([`Q8Matrix`]): a float
+    /// checkpoint (a fine-tuned policy) then decodes at the quantized path's speed. Embeddings and
+    /// norms stay f32; weights that are already quantized are kept as they are.
+    pub fn into_q8(mut self) -> Result<Self, ModelError> {
+        fn q8(l: &mut Linear) -> Result<(), ModelError> {
+            if let Linear::Candle(QMatMul::Tensor(t)) | Linear::Candle(QMatMul::TensorF16(t)) = l {
+                *l = Linear::Q8(Q8Matrix::from_tensor(&t.to_dtype(DType::F32)?)?);
+            }
+            Ok(())
+        }
+        for layer in &mut self.layers {
+            for l in [
+                &mut layer.wq,
+                &mut layer.wk,
+                &mut layer.wv,
+                &mut layer.wo,
+                &mut layer.w_gate,
+                &mut layer.w_up,
+                &mut layer.w_down,
+            ] {
+                q8(l)?;
+            }
+        }
+        q8(&mut self.lm_head)?;
+        Ok(self)
     }
 
     pub fn config(&self) -> &TransformerConfig {
@@ -908,4 +937,20 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
         s += a[i] * b[i];
     }
     s
+}
+
+/// Writes `model.safetensors` (the tensors) and `config.json` (`hf`) into `dir`, created if
+/// missing.
+pub fn write_hf_weights(
+    dir: &Path,
+    tensors: &HashMap<String, Tensor>,
+    hf: &serde_json::Value,
+) -> Result<(), ModelError> {
+    std::fs::create_dir_all(dir).map_err(|e| file_err(dir, e))?;
+    let weights = dir.join("model.safetensors");
+    candle_core::safetensors::save(tensors, &weights).map_err(|e| file_err(&weights, e))?;
+    let path = dir.join("config.json");
+    std::fs::write(&path, serde_json::to_string_pretty(hf).unwrap_or_default())
+        .map_err(|e| file_err(&path, e))?;
+    Ok(())
 }

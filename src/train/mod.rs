@@ -7,13 +7,17 @@
 //! - [`export`]: JSONL files in the formats TRL and LLaMA-Factory read, written atomically.
 //! - [`loss`]: the Bradley–Terry pairwise loss of the PPM.
 //! - [`ppm`]: training the PPM's value head on the pairs (frozen backbone, AdamW).
+//! - [`model`]: the differentiable transformer training runs on (all / top-K / LoRA weights).
+//! - [`policy`]: policy SFT with the next-token loss on the selected trajectories.
 //!
 //! The data step is pure over the trees (no model, no GPU), deterministic, and never panics on
 //! odd values (non-finite Q values are skipped).
 
 pub mod export;
 pub mod loss;
+pub mod model;
 pub mod pairs;
+pub mod policy;
 pub mod ppm;
 pub mod sft;
 
