@@ -6,6 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "common/trees.rs"]
+mod trees;
+
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_rstar-gpu"))
 }
@@ -54,7 +57,18 @@ fn data(dir: &Path) -> (PathBuf, PathBuf) {
     (train, eval)
 }
 
+/// Arguments of the test run. Trees of two other problems (with correct and wrong answers) are
+/// the bootstrap data: SmolLM2-135M itself rarely writes a valid step at these budgets, and the
+/// run must train a policy and a PPM in round 1.
 fn args(train: &Path, eval: &Path, out: &Path) -> Vec<String> {
+    let boot = train.with_file_name("bootstrap-trees.jsonl");
+    if !boot.exists() {
+        let text: String = trees::trees()
+            .iter()
+            .map(|t| t.to_json_line().unwrap() + "\n")
+            .collect();
+        std::fs::write(&boot, text).unwrap();
+    }
     [
         "evolve",
         "--rounds",
@@ -91,6 +105,8 @@ fn args(train: &Path, eval: &Path, out: &Path) -> Vec<String> {
         "2",
         "--backend",
         "cpu",
+        "--bootstrap-trees",
+        boot.to_str().unwrap(),
         "--out",
         out.to_str().unwrap(),
     ]

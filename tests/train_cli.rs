@@ -4,95 +4,14 @@
 use std::path::Path;
 use std::process::Command;
 
-use rstar_gpu::search::{Mode, SearchTree, Terminal, TreeNode};
+#[path = "common/trees.rs"]
+mod trees;
+use rstar_gpu::search::SearchTree;
 use rstar_gpu::train::pairs::{pairs, PairConfig};
+use trees::trees;
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_rstar-gpu"))
-}
-
-/// (parent, q, terminal, correct, text)
-type Row = (
-    Option<u32>,
-    f32,
-    Option<Terminal>,
-    Option<bool>,
-    &'static str,
-);
-
-fn tree(id: &str, question: &str, reference: &str, rows: &[Row]) -> SearchTree {
-    let mut nodes: Vec<TreeNode> = rows
-        .iter()
-        .enumerate()
-        .map(|(i, &(parent, q, terminal, correct, text))| TreeNode {
-            id: i as u32,
-            parent,
-            depth: 0,
-            text: text.to_string(),
-            output: None,
-            error: None,
-            visits: 1,
-            q,
-            init_value: 0.0,
-            terminal,
-            answer: terminal.filter(|t| *t == Terminal::Answer).map(|_| {
-                if correct == Some(true) {
-                    reference.into()
-                } else {
-                    "0".into()
-                }
-            }),
-            correct,
-            tokens: 10,
-            children: Vec::new(),
-        })
-        .collect();
-    for i in 1..nodes.len() {
-        let p = nodes[i].parent.unwrap() as usize;
-        nodes[i].depth = nodes[p].depth + 1;
-        nodes[p].children.push(i as u32);
-    }
-    SearchTree {
-        id: id.into(),
-        question: question.into(),
-        reference: Some(reference.into()),
-        mode: Mode::TerminalGuided,
-        rollouts: 4,
-        expansions: 4,
-        policy_tokens: 100,
-        nodes,
-    }
-}
-
-const A: Option<Terminal> = Some(Terminal::Answer);
-
-fn trees() -> Vec<SearchTree> {
-    vec![
-        tree(
-            "t-apples",
-            "Tom has 3 apples and buys 4 more. How many apples does he have?",
-            "7",
-            &[
-                (None, 0.2, None, None, ""),
-                (Some(0), 0.9, None, None, "<code>\n# Step 1: add the apples he buys to the ones he has\ntotal = 3 + 4\n<end_of_step>"),
-                (Some(0), -0.8, None, None, "<code>\n# Step 1: multiply the counts\ntotal = 3 * 4\n<end_of_step>"),
-                (Some(1), 1.0, A, Some(true), "<answer>\nHe has \\boxed{7} apples.\n<end_of_answer>"),
-                (Some(2), -1.0, A, Some(false), "<answer>\nHe has \\boxed{12} apples, after multiplying.\n<end_of_answer>"),
-            ],
-        ),
-        tree(
-            "t-pens",
-            "A pen costs 2 dollars. How much do 5 pens cost?",
-            "10",
-            &[
-                (None, 0.1, None, None, ""),
-                (Some(0), 0.8, None, None, "<code>\n# Step 1: price times the number of pens\ncost = 2 * 5\n<end_of_step>"),
-                (Some(0), -0.9, None, None, "<code>\n# Step 1: add the price and the count together\ncost = 2 + 5\n<end_of_step>"),
-                (Some(1), 1.0, A, Some(true), "<answer>\nThey cost \\boxed{10} dollars.\n<end_of_answer>"),
-                (Some(2), -1.0, A, Some(false), "<answer>\nThe total is \\boxed{7} dollars in all.\n<end_of_answer>"),
-            ],
-        ),
-    ]
 }
 
 fn json_out(o: std::process::Output) -> serde_json::Value {
@@ -278,4 +197,75 @@ fn train_data_then_ppm_on_smollm2() {
         "{err}"
     );
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `train ppm --layers top:1`: the head stage, then the last layer and the head together; the
+/// PPM directory carries its own backbone checkpoint, which `Ppm::load` finds inside it, and the
+/// loaded PPM ranks the training pairs right.
+#[test]
+fn ppm_with_a_trained_top_layer_saves_and_loads_its_backbone() {
+    rstar_gpu::assets::model_path("smollm2-135m").unwrap_or_else(|e| panic!("{e}"));
+    let dir = std::env::temp_dir().join(format!("rstar-train-top-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    write_trees(&dir.join("trees.jsonl"), &trees());
+    let data = dir.join("data");
+    json_out(
+        bin()
+            .args(["train", "data", "--json", "--trees"])
+            .arg(dir.join("trees.jsonl"))
+            .arg("--out")
+            .arg(&data)
+            .output()
+            .unwrap(),
+    );
+    let ppm_dir = dir.join("ppm");
+    let r = json_out(
+        bin()
+            .args(["train", "ppm", "--json", "--model", "smollm2-135m"])
+            .args(["--holdout", "0", "--epochs", "60", "--layers", "top:1"])
+            .args(["--backbone-epochs", "2", "--pairs"])
+            .arg(data.join("pairs.jsonl"))
+            .arg("--out")
+            .arg(&ppm_dir)
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(r["layers"], "top:1");
+    assert_eq!(r["epochs"].as_array().unwrap().len(), 2, "{r}");
+    assert_eq!(
+        r["head_stage"]["epochs"].as_array().unwrap().len(),
+        60,
+        "{r}"
+    );
+    assert!(ppm_dir.join("backbone/model.safetensors").exists());
+    let cfg = rstar_gpu::model::ppm::Ppm::read_config(&ppm_dir).unwrap();
+    assert_eq!(cfg.backbone, "backbone");
+    let ppm = rstar_gpu::model::ppm::Ppm::load(&ppm_dir, |spec| {
+        assert!(
+            std::path::Path::new(spec).ends_with("ppm/backbone"),
+            "{spec}"
+        );
+        let p = rstar_gpu::model::generate::LocalPolicy::load(
+            std::path::Path::new(spec),
+            rstar_gpu::model::transformer::WeightMode::Dequantized,
+            &candle_core::Device::Cpu,
+        )?;
+        Ok((p.model().clone(), p.tokenizer().clone()))
+    })
+    .unwrap();
+    let read = rstar_gpu::train::export::read_pairs(&data.join("pairs.jsonl")).unwrap();
+    let right = read
+        .iter()
+        .filter(|p| {
+            let chosen = format!("{}{}", p.prefix, p.chosen);
+            let rejected = format!("{}{}", p.prefix, p.rejected);
+            let s = ppm
+                .score(&[(&p.question, &chosen), (&p.question, &rejected)])
+                .unwrap();
+            s[0] > s[1]
+        })
+        .count();
+    assert_eq!(right, read.len(), "{r}");
+    std::fs::remove_dir_all(&dir).ok();
 }

@@ -2,8 +2,10 @@
 //!
 //! Round 0 evaluates the base policy. Each round r ≥ 1 then:
 //! 1. `search`: MCTS over the training slice with policy_{r−1} — terminal-guided, or
-//!    PPM-augmented with PPM_{r−1} from `--ppm-from-round` on (paper: round 3);
-//! 2. `data`: preference pairs and SFT trajectories from every round's trees so far;
+//!    PPM-augmented with PPM_{r−1} from `--ppm-from-round` on (paper: round 3); round 1 may
+//!    search with a stronger `--bootstrap-model`, as the paper bootstraps with a 236B model;
+//! 2. `data`: preference pairs and SFT trajectories from every round's trees so far (and any
+//!    `--bootstrap-trees`);
 //! 3. `policy`: SFT from the *base* model on those trajectories (as the paper restarts each round);
 //! 4. `ppm`: the PPM's value head on the pairs, over the new policy's backbone;
 //! 5. `eval-greedy`, `eval-mcts`: the evaluation slice with the new policy (greedy) and with
@@ -75,6 +77,15 @@ pub struct EvolveArgs {
     /// are terminal-guided (paper: 3).
     #[arg(long, default_value_t = 3)]
     ppm_from_round: usize,
+    /// Round 1's search policy (the paper bootstraps round 1 with a much larger model): an asset
+    /// name, a .gguf file, a Hugging Face directory or an OpenAI-compatible server URL. Default:
+    /// the base policy.
+    #[arg(long)]
+    bootstrap_model: Option<String>,
+    /// Search trees from elsewhere (`trees.jsonl` of `eval --method mcts --mode terminal-guided`,
+    /// e.g. a larger model's search) added to every round's pairs and SFT data.
+    #[arg(long, num_args = 1..)]
+    bootstrap_trees: Vec<PathBuf>,
     /// Skip round 0 (the base policy's evaluation).
     #[arg(long)]
     no_baseline: bool,
@@ -93,6 +104,10 @@ pub struct EvolveArgs {
     ppm_epochs: usize,
     #[arg(long, default_value_t = 1e-2)]
     ppm_lr: f64,
+    /// Which PPM backbone weights train after its head: head (none; the PPM shares the policy's
+    /// backbone), top:K, lora:R or all.
+    #[arg(long, default_value = "head")]
+    ppm_layers: Layers,
     /// Fraction of problems whose pairs are held out to measure the PPM's pairwise accuracy.
     #[arg(long, default_value_t = 0.2)]
     ppm_holdout: f64,
@@ -124,6 +139,8 @@ impl EvolveArgs {
             "step_tokens": self.step_tokens,
             "ppm_from_round": self.ppm_from_round,
             "baseline": !self.no_baseline,
+            "bootstrap_model": self.bootstrap_model,
+            "bootstrap_trees": self.bootstrap_trees,
             "sft_layers": self.sft_layers.to_string(),
             "sft_epochs": self.sft_epochs,
             "sft_lr": self.sft_lr,
@@ -132,6 +149,7 @@ impl EvolveArgs {
             "ppm_epochs": self.ppm_epochs,
             "ppm_lr": self.ppm_lr,
             "ppm_holdout": self.ppm_holdout,
+            "ppm_layers": self.ppm_layers.to_string(),
             "seed": self.seed,
         })
     }
@@ -253,6 +271,13 @@ fn write_report(m: &Manifest, out: &Path) -> Result<()> {
 pub fn run(a: EvolveArgs) -> Result<()> {
     anyhow::ensure!(a.train_limit >= 1, "--train-limit must be at least 1");
     anyhow::ensure!(a.eval_limit >= 1, "--eval-limit must be at least 1");
+    for t in &a.bootstrap_trees {
+        anyhow::ensure!(
+            t.is_file(),
+            "--bootstrap-trees {}: no such file (a trees.jsonl of an MCTS search)",
+            t.display()
+        );
+    }
     // Both problem sets load before any model does: a typo costs a second, not a baseline run.
     for (what, data, split) in [
         ("training", &a.train_data, &a.train_split),
@@ -340,7 +365,11 @@ pub fn run(a: EvolveArgs) -> Result<()> {
                 Mode::TerminalGuided
             };
             let ppm_in = if augmented { ppm.as_deref() } else { None };
-            let ma = a.method_args(&policy, ppm_in, Some(mode), seed);
+            let searcher = match (&a.bootstrap_model, r) {
+                (Some(b), 1) => b.as_str(),
+                _ => policy.as_str(),
+            };
+            let ma = a.method_args(searcher, ppm_in, Some(mode), seed);
             run_eval(
                 &a.eval_args(Method::Mcts, ma, true, search_dir.clone()),
                 true,
@@ -350,14 +379,16 @@ pub fn run(a: EvolveArgs) -> Result<()> {
         let data_dir = dir.join(stages::DATA);
         let data = stage(&mut m, &manifest_path, r, stages::DATA, || {
             // Every round's trees so far: small CPU runs need all the data they can get.
-            let trees: Vec<PathBuf> = (1..=r)
-                .map(|k| {
-                    out.join(format!("round-{k}"))
-                        .join(stages::SEARCH)
-                        .join("trees.jsonl")
-                })
-                .filter(|p| p.exists())
-                .collect();
+            let mut trees: Vec<PathBuf> = a.bootstrap_trees.clone();
+            trees.extend(
+                (1..=r)
+                    .map(|k| {
+                        out.join(format!("round-{k}"))
+                            .join(stages::SEARCH)
+                            .join("trees.jsonl")
+                    })
+                    .filter(|p| p.exists()),
+            );
             super::train::data(&DataArgs {
                 trees,
                 out: data_dir.clone(),
@@ -416,6 +447,16 @@ pub fn run(a: EvolveArgs) -> Result<()> {
             if partial.exists() {
                 std::fs::remove_dir_all(&partial)?;
             }
+            // With very few problems the held-out split could take them all: then train on all.
+            let pair_list = rstar_gpu::train::export::read_pairs(&data_dir.join("pairs.jsonl"))?;
+            let holdout = if pair_list
+                .iter()
+                .all(|p| rstar_gpu::train::ppm::is_heldout(&p.problem, seed, a.ppm_holdout))
+            {
+                0.0
+            } else {
+                a.ppm_holdout
+            };
             let s = super::train::ppm(&PpmArgs {
                 pairs: data_dir.join("pairs.jsonl"),
                 model: policy.clone(),
@@ -425,9 +466,12 @@ pub fn run(a: EvolveArgs) -> Result<()> {
                 lr: a.ppm_lr,
                 weight_decay: 1e-2,
                 batch_size: 64,
-                holdout: a.ppm_holdout,
+                holdout,
                 seed,
                 uniform_weights: false,
+                layers: a.ppm_layers,
+                backbone_epochs: rstar_gpu::train::ppm::BackboneTrainConfig::default().epochs,
+                backbone_lr: rstar_gpu::train::ppm::BackboneTrainConfig::default().lr,
                 json: false,
                 quiet: true,
             })?;

@@ -14,7 +14,9 @@ use rstar_gpu::train::export::{read_pairs, read_sft, write_pairs, write_sft_mess
 use rstar_gpu::train::model::TrainModel;
 use rstar_gpu::train::pairs::{pairs, PairConfig, PairKind};
 use rstar_gpu::train::policy::{save_checkpoint, tokenize, train_sft, SftTrainConfig};
-use rstar_gpu::train::ppm::{pair_features, train_head, Head, HeadTrainConfig};
+use rstar_gpu::train::ppm::{
+    finetune_backbone, pair_features, train_head, BackboneTrainConfig, Head, HeadTrainConfig,
+};
 use rstar_gpu::train::sft::{select, SftConfig};
 
 use super::method::load_policy;
@@ -148,6 +150,17 @@ pub struct PpmArgs {
     /// Weight every pair 1 instead of 1/(positives·negatives) of its node.
     #[arg(long)]
     pub uniform_weights: bool,
+    /// Which backbone weights train after the head: `head` (none: the backbone stays the
+    /// policy's, shared with it at search time), `top:K`, `lora:R[:ALPHA]` or `all`. With
+    /// backbone layers the PPM directory gets its own `backbone/` checkpoint.
+    #[arg(long, default_value = "head")]
+    pub layers: rstar_gpu::train::model::Layers,
+    /// Epochs of the backbone stage (with --layers other than head).
+    #[arg(long, default_value_t = BackboneTrainConfig::default().epochs)]
+    pub backbone_epochs: usize,
+    /// Learning rate of the backbone stage's backbone weights (its head uses --lr / 10).
+    #[arg(long, default_value_t = BackboneTrainConfig::default().lr)]
+    pub backbone_lr: f64,
     /// Print exactly one JSON object (the training report) on stdout.
     #[arg(long)]
     pub json: bool,
@@ -287,10 +300,55 @@ pub(crate) fn ppm(a: &PpmArgs) -> Result<serde_json::Value> {
         ));
     })?;
     bar.finish_and_clear();
-    let trained =
-        Ppm::with_head(model, tok, &a.model, head.w, head.b).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let head_report = report.clone();
+    let (head, report, backbone_spec) = if a.layers == rstar_gpu::train::model::Layers::Head {
+        (head, report, a.model.clone())
+    } else {
+        // The head stage's head on the same (float) backbone, then both together.
+        let path = rstar_gpu::assets::model_path(&a.model).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let dense = LocalPolicy::load(&path, WeightMode::Dequantized, &candle_core::Device::Cpu)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let tm = TrainModel::new(dense.model(), a.layers, a.seed)?;
+        drop(dense);
+        let bcfg = BackboneTrainConfig {
+            epochs: a.backbone_epochs,
+            lr: a.backbone_lr,
+            head_lr: a.lr / 10.0,
+            holdout: a.holdout,
+            seed: a.seed,
+            count_weights: !a.uniform_weights,
+            ..BackboneTrainConfig::default()
+        };
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:30} step {pos}/{len}  {msg}  [{elapsed_precise} < {eta_precise}]",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        let t1 = std::time::Instant::now();
+        let (head, report) = finetune_backbone(&tm, &start, &pairs, &head, &bcfg, |s, n, l| {
+            bar.set_length(n as u64);
+            bar.set_position(s as u64);
+            bar.set_message(format!(
+                "backbone {}  loss {l:.4}  {:.2} steps/s",
+                a.layers,
+                s as f64 / t1.elapsed().as_secs_f64().max(1e-9)
+            ));
+        })?;
+        bar.finish_and_clear();
+        std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+        save_checkpoint(&tm, &tok, &a.out.join("backbone"))?;
+        (head, report, "backbone".to_string())
+    };
+    let trained = Ppm::with_head(model, tok, &backbone_spec, head.w, head.b)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     trained.save(&a.out).map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut summary = serde_json::to_value(&report)?;
+    summary["layers"] = serde_json::json!(a.layers.to_string());
+    if a.layers != rstar_gpu::train::model::Layers::Head {
+        summary["head_stage"] = serde_json::to_value(&head_report)?;
+    }
     summary["pairs_file"] = serde_json::json!(a.pairs);
     summary["ppm_dir"] = serde_json::json!(a.out);
     summary["backbone"] = serde_json::json!(a.model);

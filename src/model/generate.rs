@@ -571,6 +571,36 @@ impl LocalPolicy {
     }
 }
 
+/// Writes `tokenizer.json` and `tokenizer_config.json` (EOS/BOS tokens, chat template) into
+/// `dir`, as Hugging Face tools and [`LocalPolicy::load`] read them.
+pub fn save_tokenizer_files(tokenizer: &Tokenizer, dir: &Path) -> Result<(), ModelError> {
+    let err = |p: &Path, e: &dyn std::fmt::Display| ModelError::File {
+        path: p.display().to_string(),
+        msg: e.to_string(),
+    };
+    let tok_path = dir.join("tokenizer.json");
+    tokenizer
+        .inner()
+        .save(&tok_path, false)
+        .map_err(|e| err(&tok_path, &e))?;
+    let name = |id: Option<u32>| id.and_then(|i| tokenizer.id_to_token(i));
+    let mut cfg = serde_json::json!({
+        "add_bos_token": tokenizer.adds_bos(),
+        "eos_token": name(tokenizer.eos_ids().first().copied()),
+        "bos_token": name(tokenizer.bos_id()),
+    });
+    if let Some(t) = tokenizer.chat_template_source() {
+        cfg["chat_template"] = t.into();
+    }
+    let cfg_path = dir.join("tokenizer_config.json");
+    std::fs::write(
+        &cfg_path,
+        serde_json::to_string_pretty(&cfg).unwrap_or_default(),
+    )
+    .map_err(|e| err(&cfg_path, &e))?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -614,34 +644,4 @@ mod tests {
         s.top_p = 1.0;
         assert!(s.validate(1).is_ok());
     }
-}
-
-/// Writes `tokenizer.json` and `tokenizer_config.json` (EOS/BOS tokens, chat template) into
-/// `dir`, as Hugging Face tools and [`LocalPolicy::load`] read them.
-pub fn save_tokenizer_files(tokenizer: &Tokenizer, dir: &Path) -> Result<(), ModelError> {
-    let err = |p: &Path, e: &dyn std::fmt::Display| ModelError::File {
-        path: p.display().to_string(),
-        msg: e.to_string(),
-    };
-    let tok_path = dir.join("tokenizer.json");
-    tokenizer
-        .inner()
-        .save(&tok_path, false)
-        .map_err(|e| err(&tok_path, &e))?;
-    let name = |id: Option<u32>| id.and_then(|i| tokenizer.id_to_token(i));
-    let mut cfg = serde_json::json!({
-        "add_bos_token": tokenizer.adds_bos(),
-        "eos_token": name(tokenizer.eos_ids().first().copied()),
-        "bos_token": name(tokenizer.bos_id()),
-    });
-    if let Some(t) = tokenizer.chat_template_source() {
-        cfg["chat_template"] = t.into();
-    }
-    let cfg_path = dir.join("tokenizer_config.json");
-    std::fs::write(
-        &cfg_path,
-        serde_json::to_string_pretty(&cfg).unwrap_or_default(),
-    )
-    .map_err(|e| err(&cfg_path, &e))?;
-    Ok(())
 }

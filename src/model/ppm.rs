@@ -8,8 +8,10 @@
 //!
 //! On disk a PPM is a directory: `ppm.json` (format, version, the backbone as a model spec — an
 //! asset name, a GGUF path or a Hugging Face directory — and the head's width) and
-//! `value_head.safetensors` (`value_head.weight` `[1, d_model]`, `value_head.bias` `[1]`, f32).
-//! Training (the Bradley–Terry loss, later) updates the head and, optionally, backbone layers.
+//! `value_head.safetensors` (`value_head.weight` `[1, d_model]`, `value_head.bias` `[1]`, f32),
+//! and `backbone/` (a Hugging Face checkpoint) when training updated backbone layers.
+//! Training ([`crate::train::ppm`]) fits the head on frozen features, then optionally the top
+//! backbone layers or adapters together with it.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -31,7 +33,9 @@ const HEAD_FILE: &str = "value_head.safetensors";
 pub struct PpmConfig {
     pub format: String,
     pub version: u32,
-    /// The backbone as a model spec: an asset name, a `.gguf` path or a Hugging Face directory.
+    /// The backbone as a model spec: an asset name, a `.gguf` path or a Hugging Face directory;
+    /// a relative directory that exists inside the PPM directory (`backbone`, written when
+    /// backbone layers were trained) is read from there.
     pub backbone: String,
     /// Width of the backbone's hidden state (the head's input).
     pub d_model: usize,
@@ -143,7 +147,14 @@ impl Ppm {
                 ),
             });
         }
-        let (backbone, tokenizer) = load_backbone(&cfg.backbone)?;
+        // A backbone saved inside the PPM directory (backbone layers trained) is named relative
+        // to it.
+        let spec = if Path::new(&cfg.backbone).is_relative() && dir.join(&cfg.backbone).is_dir() {
+            dir.join(&cfg.backbone).to_string_lossy().into_owned()
+        } else {
+            cfg.backbone.clone()
+        };
+        let (backbone, tokenizer) = load_backbone(&spec)?;
         if backbone.config().d_model != cfg.d_model {
             return Err(ModelError::File {
                 path: dir.join("ppm.json").display().to_string(),

@@ -200,7 +200,7 @@ pub fn train_sft(
             "epochs and batch size must be at least 1".into(),
         ));
     }
-    if !(cfg.lr.is_finite() && cfg.lr > 0.0) || !(0.0..1.0).contains(&cfg.holdout) {
+    if !(cfg.lr.is_finite() && cfg.lr > 0.0 && (0.0..1.0).contains(&cfg.holdout)) {
         return Err(TrainError::Data(
             "the learning rate must be > 0 and the held-out fraction in [0, 1)".into(),
         ));

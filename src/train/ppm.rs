@@ -551,3 +551,271 @@ mod tests {
         assert!(train_head(&[pf(vec![1.0; 4], 1.0)], &init, &bad, |_| {}).is_err());
     }
 }
+
+/// Settings of the backbone stage of PPM training ([`finetune_backbone`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BackboneTrainConfig {
+    /// Epochs over the training pairs.
+    pub epochs: usize,
+    /// AdamW learning rate of the backbone weights (or adapters).
+    pub lr: f64,
+    /// AdamW learning rate of the value head.
+    pub head_lr: f64,
+    /// Pairs per optimiser step (gradients accumulated one pair at a time).
+    pub batch_size: usize,
+    /// Global gradient-norm clip (0: off).
+    pub clip_norm: f64,
+    /// Held-out fraction and split seed: use the head stage's, so both report on the same split.
+    pub holdout: f64,
+    pub seed: u64,
+    /// Weight each pair by `1/(pos_count·neg_count)`.
+    pub count_weights: bool,
+}
+
+impl Default for BackboneTrainConfig {
+    fn default() -> Self {
+        BackboneTrainConfig {
+            epochs: 1,
+            lr: 1e-4,
+            head_lr: 1e-3,
+            batch_size: 8,
+            clip_norm: 1.0,
+            holdout: 0.1,
+            seed: 0,
+            count_weights: true,
+        }
+    }
+}
+
+/// The second stage of PPM training when backbone layers train (`--layers top:K|lora:R|all`):
+/// starting from `head` (the head stage's result, on the same backbone), the backbone's
+/// trainable part and the head train together with the Bradley–Terry loss on each pair's two
+/// texts (the last token's final hidden state, as the PPM scores). `model` is the trainable copy
+/// of `ppm`'s backbone; texts are formatted by `ppm`. `on_step(step, total, loss)` sees every
+/// optimiser step. Returns the new head and a report whose epochs hold pairwise accuracies.
+pub fn finetune_backbone(
+    model: &super::model::TrainModel,
+    ppm: &Ppm,
+    pairs: &[Pair],
+    head: &Head,
+    cfg: &BackboneTrainConfig,
+    mut on_step: impl FnMut(usize, usize, f64),
+) -> Result<(Head, HeadTrainReport), TrainError> {
+    let t0 = std::time::Instant::now();
+    if pairs.is_empty() {
+        return Err(TrainError::Data("no preference pairs to train on".into()));
+    }
+    if cfg.epochs == 0 || cfg.batch_size == 0 {
+        return Err(TrainError::Data(
+            "epochs and batch size must be >= 1".into(),
+        ));
+    }
+    if !(cfg.lr.is_finite() && cfg.lr > 0.0 && cfg.head_lr.is_finite() && cfg.head_lr > 0.0) {
+        return Err(TrainError::Data(
+            "learning rates must be > 0 and finite".into(),
+        ));
+    }
+    let d = model.config().d_model;
+    if head.w.len() != d {
+        return Err(TrainError::Data(format!(
+            "the head is {} wide; the backbone is {d}",
+            head.w.len()
+        )));
+    }
+    let backbone_vars = model.trainable_vars();
+    if backbone_vars.is_empty() {
+        return Err(TrainError::Data(format!(
+            "layers `{}` leaves no backbone weight to train",
+            model.layers()
+        )));
+    }
+    // Distinct texts, tokenised once; frozen lower layers run once per text.
+    let mut index: HashMap<String, usize> = HashMap::new();
+    let mut tokens: Vec<Vec<u32>> = Vec::new();
+    let mut ids = Vec::with_capacity(pairs.len());
+    for p in pairs {
+        let mut id = |side: &str| -> Result<usize, TrainError> {
+            let text = ppm.input_text(&p.question, &format!("{}{}", p.prefix, side));
+            if let Some(&i) = index.get(&text) {
+                return Ok(i);
+            }
+            tokens.push(ppm.tokenizer().encode(&text)?);
+            index.insert(text, tokens.len() - 1);
+            Ok(tokens.len() - 1)
+        };
+        let pos = id(&p.chosen)?;
+        let neg = id(&p.rejected)?;
+        ids.push((pos, neg));
+    }
+    let from = model.first_trainable_layer();
+    let prefixes: Vec<Tensor> = tokens
+        .iter()
+        .map(|t| model.frozen_prefix(t))
+        .collect::<Result<_, _>>()?;
+    let dev = model.device().clone();
+    let w = Var::from_vec(head.w.clone(), (d, 1), &dev)?;
+    let b = Var::from_vec(vec![head.b], 1, &dev)?;
+    let reward = |i: usize| -> Result<Tensor, TrainError> {
+        let h = model.hidden_from(prefixes[i].clone(), from)?;
+        let last = h.narrow(0, h.dim(0)? - 1, 1)?;
+        Ok(last
+            .matmul(w.as_tensor())?
+            .flatten_all()?
+            .broadcast_add(b.as_tensor())?)
+    };
+    let weight = |p: &Pair| {
+        if cfg.count_weights {
+            1.0 / (p.pos_count.max(1) * p.neg_count.max(1)) as f64
+        } else {
+            1.0
+        }
+    };
+    let (train, held): (Vec<usize>, Vec<usize>) =
+        (0..pairs.len()).partition(|&i| !is_heldout(&pairs[i].problem, cfg.seed, cfg.holdout));
+    if train.is_empty() {
+        return Err(TrainError::Data(
+            "all pairs fell in the held-out split; lower the held-out fraction".into(),
+        ));
+    }
+    // Pairwise accuracy and weighted loss over `set`, without gradients.
+    let evaluate = |set: &[usize]| -> Result<Option<(f64, f64)>, TrainError> {
+        if set.is_empty() {
+            return Ok(None);
+        }
+        let mut cache: HashMap<usize, f32> = HashMap::new();
+        let mut r = |i: usize| -> Result<f32, TrainError> {
+            if let Some(&v) = cache.get(&i) {
+                return Ok(v);
+            }
+            let v = reward(i)?.detach().to_vec1::<f32>()?[0];
+            cache.insert(i, v);
+            Ok(v)
+        };
+        let (mut loss, mut wsum, mut right) = (0f64, 0f64, 0usize);
+        for &k in set {
+            let (rp, rn) = (r(ids[k].0)?, r(ids[k].1)?);
+            let wt = weight(&pairs[k]);
+            let z = (rn - rp) as f64;
+            loss += wt * (z.max(0.0) + (-z.abs()).exp().ln_1p());
+            wsum += wt;
+            right += (rp > rn) as usize;
+        }
+        Ok(Some((
+            loss / wsum.max(1e-12),
+            right as f64 / set.len() as f64,
+        )))
+    };
+    let initial_heldout_accuracy = evaluate(&held)?.map(|x| x.1);
+    let params = |lr| ParamsAdamW {
+        lr,
+        weight_decay: 0.0,
+        ..ParamsAdamW::default()
+    };
+    let mut opt_backbone = AdamW::new(backbone_vars.clone(), params(cfg.lr))?;
+    let mut opt_head = AdamW::new(vec![w.clone(), b.clone()], params(cfg.head_lr))?;
+    let mut all_vars = backbone_vars;
+    all_vars.push(w.clone());
+    all_vars.push(b.clone());
+    let total = train.len().div_ceil(cfg.batch_size) * cfg.epochs;
+    let mut order: Vec<u32> = (0..train.len() as u32).collect();
+    let mut rng = cfg.seed ^ 0xB4C4_0FF1_CE00_7E57;
+    let mut epochs = Vec::with_capacity(cfg.epochs);
+    let mut step = 0;
+    for epoch in 1..=cfg.epochs {
+        shuffle(&mut order, &mut rng);
+        let (mut run_loss, mut run_w, mut run_right) = (0f64, 0f64, 0usize);
+        for batch in order.chunks(cfg.batch_size) {
+            let wsum: f64 = batch
+                .iter()
+                .map(|&k| weight(&pairs[train[k as usize]]))
+                .sum();
+            let mut sum: Vec<Option<Tensor>> = vec![None; all_vars.len()];
+            let mut last = None;
+            let mut batch_loss = 0f64;
+            for &k in batch {
+                let k = train[k as usize];
+                let (rp, rn) = (reward(ids[k].0)?, reward(ids[k].1)?);
+                let wt = weight(&pairs[k]);
+                let one = Tensor::ones(1, DType::F32, &dev)?;
+                let loss = (bt_loss(&rp, &rn, &one)? * (wt / wsum))?;
+                let (vp, vn) = (rp.to_vec1::<f32>()?[0], rn.to_vec1::<f32>()?[0]);
+                run_right += (vp > vn) as usize;
+                let l = loss.to_scalar::<f32>()? as f64;
+                batch_loss += l;
+                run_loss += l * wsum;
+                run_w += wt;
+                let grads = loss.backward()?;
+                for (acc, v) in sum.iter_mut().zip(&all_vars) {
+                    if let Some(g) = grads.get(v.as_tensor()) {
+                        *acc = Some(match acc.take() {
+                            Some(a) => (a + g)?,
+                            None => g.clone(),
+                        });
+                    }
+                }
+                last = Some(grads);
+            }
+            let Some(mut grads) = last else { continue };
+            let mut sq = 0f64;
+            for g in sum.iter().flatten() {
+                sq += g.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+            }
+            if !sq.is_finite() {
+                return Err(TrainError::Data(format!(
+                    "epoch {epoch}: the gradient is not finite (lower the learning rates)"
+                )));
+            }
+            let scale = if cfg.clip_norm > 0.0 && sq.sqrt() > cfg.clip_norm {
+                cfg.clip_norm / sq.sqrt()
+            } else {
+                1.0
+            };
+            for (g, v) in sum.into_iter().zip(&all_vars) {
+                if let Some(g) = g {
+                    grads.insert(v.as_tensor(), if scale != 1.0 { (g * scale)? } else { g });
+                }
+            }
+            opt_backbone.step(&grads)?;
+            opt_head.step(&grads)?;
+            step += 1;
+            on_step(step, total, batch_loss);
+        }
+        let held_stats = evaluate(&held)?;
+        epochs.push(EpochStats {
+            epoch,
+            // Running values over the epoch (each pair scored just before its update).
+            train_loss: run_loss / run_w.max(1e-12),
+            train_accuracy: run_right as f64 / train.len() as f64,
+            heldout_loss: held_stats.map(|x| x.0),
+            heldout_accuracy: held_stats.map(|x| x.1),
+        });
+    }
+    let problems = |set: &[usize]| {
+        set.iter()
+            .map(|&k| pairs[k].problem.as_str())
+            .collect::<std::collections::HashSet<_>>()
+            .len()
+    };
+    let head = Head {
+        w: w.as_tensor().flatten_all()?.to_vec1::<f32>()?,
+        b: b.as_tensor().to_vec1::<f32>()?[0],
+    };
+    if !head.b.is_finite() || head.w.iter().any(|x| !x.is_finite()) {
+        return Err(TrainError::Data(
+            "the value head became non-finite; lower the learning rates".into(),
+        ));
+    }
+    Ok((
+        head,
+        HeadTrainReport {
+            train_pairs: train.len(),
+            heldout_pairs: held.len(),
+            train_problems: problems(&train),
+            heldout_problems: problems(&held),
+            initial_heldout_accuracy,
+            epochs,
+            secs: t0.elapsed().as_secs_f64(),
+        },
+    ))
+}
