@@ -43,6 +43,7 @@ pub mod forest;
 pub mod grade;
 pub mod model;
 pub mod report;
+pub mod rng;
 pub mod search;
 pub mod step;
 pub mod train;

@@ -67,7 +67,7 @@ impl Ppm {
         let std = 1.0 / (d as f64).sqrt();
         let mut state = seed ^ 0x5DEE_CE66_D1CE_4E5B;
         let head_w = (0..d)
-            .map(|_| (gaussian(&mut state) * std) as f32)
+            .map(|_| (crate::rng::gaussian(&mut state) * std) as f32)
             .collect();
         Ppm {
             backbone,
@@ -292,34 +292,5 @@ impl Ppm {
     pub fn head_value(&self, h: &[f32]) -> f32 {
         let z: f32 = h.iter().zip(&self.head_w).map(|(a, b)| a * b).sum::<f32>() + self.head_b;
         z.tanh()
-    }
-}
-
-/// A standard normal draw (Box–Muller over SplitMix64), enough for initialising a head.
-fn gaussian(state: &mut u64) -> f64 {
-    let mut next = || {
-        *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = *state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
-    };
-    let u1 = next().max(1e-300);
-    let u2 = next();
-    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn gaussian_has_unit_variance() {
-        let mut s = 42;
-        let xs: Vec<f64> = (0..20_000).map(|_| gaussian(&mut s)).collect();
-        let mean = xs.iter().sum::<f64>() / xs.len() as f64;
-        let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / xs.len() as f64;
-        assert!(mean.abs() < 0.03, "mean {mean}");
-        assert!((var - 1.0).abs() < 0.05, "variance {var}");
     }
 }

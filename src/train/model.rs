@@ -180,7 +180,7 @@ impl TrainModel {
                     // Kaiming-uniform-like scale for A, as PEFT does; B = 0.
                     let bound = 1.0 / (k as f64).sqrt();
                     let a: Vec<f32> = (0..rank * k)
-                        .map(|_| ((uniform(&mut state) * 2.0 - 1.0) * bound) as f32)
+                        .map(|_| ((crate::rng::uniform(&mut state) * 2.0 - 1.0) * bound) as f32)
                         .collect();
                     let a = Var::from_tensor(&Tensor::from_vec(a, (rank, k), &device)?)?;
                     let b = Var::zeros((n_out, rank), DType::F32, &device)?;
@@ -459,16 +459,6 @@ impl TrainModel {
     }
 }
 
-/// SplitMix64 → uniform in [0, 1).
-pub(crate) fn uniform(state: &mut u64) -> f64 {
-    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^= z >> 31;
-    (z >> 11) as f64 / (1u64 << 53) as f64
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -499,15 +489,6 @@ mod tests {
         }
         for bad in ["", "top", "top:0", "top:x", "lora:0", "lora:2:-1", "some"] {
             assert!(bad.parse::<Layers>().is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn uniform_is_in_range() {
-        let mut s = 7;
-        for _ in 0..1000 {
-            let u = uniform(&mut s);
-            assert!((0.0..1.0).contains(&u));
         }
     }
 }

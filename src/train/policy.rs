@@ -260,7 +260,7 @@ pub fn train_sft(
     for epoch in 1..=cfg.epochs {
         // Fisher–Yates with SplitMix64: a seeded, platform-independent order.
         for i in (1..order.len()).rev() {
-            let j = (super::model::uniform(&mut state) * (i + 1) as f64) as usize;
+            let j = (crate::rng::uniform(&mut state) * (i + 1) as f64) as usize;
             order.swap(i, j.min(i));
         }
         let (mut epoch_nll, mut epoch_tokens) = (0f64, 0usize);

@@ -216,7 +216,7 @@ pub fn train_head(
     let mut rng = cfg.seed ^ 0xA076_1D64_78BD_642F;
     let mut epochs = Vec::with_capacity(cfg.epochs);
     for epoch in 1..=cfg.epochs {
-        shuffle(&mut order, &mut rng);
+        crate::rng::shuffle(&mut order, &mut rng);
         for batch in order.chunks(cfg.batch_size) {
             let idx = Tensor::from_vec(batch.to_vec(), batch.len(), &dev)?;
             let rp = score(&tp.index_select(&idx, 0)?, &w, &b)?;
@@ -361,18 +361,6 @@ fn standardise(train: &[&PairFeatures], d: usize) -> (Vec<f32>, Vec<f32>) {
     (mean, scale)
 }
 
-/// Fisher–Yates with SplitMix64 (deterministic for a seed).
-fn shuffle(v: &mut [u32], state: &mut u64) {
-    for i in (1..v.len()).rev() {
-        *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = *state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        v.swap(i, (z % (i as u64 + 1)) as usize);
-    }
-}
-
 /// Runs every distinct text of `pairs` through the PPM's backbone once and returns the pairs'
 /// features. `on_progress(done, total)` is called after each chunk of texts.
 pub fn pair_features(
@@ -426,18 +414,8 @@ mod tests {
     /// Gaussian draws from a seed.
     fn normals(n: usize, seed: u64) -> Vec<f32> {
         let mut s = seed;
-        let mut next = || {
-            s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = s;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
-        };
         (0..n)
-            .map(|_| {
-                let (u1, u2) = (next().max(1e-300), next());
-                ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
-            })
+            .map(|_| crate::rng::gaussian(&mut s) as f32)
             .collect()
     }
 
@@ -723,7 +701,7 @@ pub fn finetune_backbone(
     let mut epochs = Vec::with_capacity(cfg.epochs);
     let mut step = 0;
     for epoch in 1..=cfg.epochs {
-        shuffle(&mut order, &mut rng);
+        crate::rng::shuffle(&mut order, &mut rng);
         let (mut run_loss, mut run_w, mut run_right) = (0f64, 0f64, 0usize);
         for batch in order.chunks(cfg.batch_size) {
             let wsum: f64 = batch
