@@ -39,6 +39,7 @@ pub struct EvolveArgs {
     /// Training problems (searched every round): gsm8k, math, math500 or a JSONL path.
     #[arg(long, default_value = "gsm8k")]
     train_data: String,
+    /// Split of a named training data set.
     #[arg(long, default_value = "train")]
     train_split: String,
     /// The first N training problems.
@@ -47,6 +48,7 @@ pub struct EvolveArgs {
     /// Evaluation problems (held out from training).
     #[arg(long, default_value = "gsm8k")]
     eval_data: String,
+    /// Split of a named evaluation data set.
     #[arg(long, default_value = "test")]
     eval_split: String,
     /// The first N evaluation problems.
@@ -92,16 +94,22 @@ pub struct EvolveArgs {
     /// Which policy weights SFT trains: lora:R[:ALPHA], top:K or all.
     #[arg(long, default_value = "lora:8")]
     sft_layers: Layers,
+    /// SFT epochs over the round's trajectories (paper: 2).
     #[arg(long, default_value_t = 2)]
     sft_epochs: usize,
+    /// SFT AdamW learning rate (LoRA ~1e-4..1e-3; top-K or all ~1e-5..5e-5).
     #[arg(long, default_value_t = 2e-4)]
     sft_lr: f64,
+    /// SFT sequences per optimiser step.
     #[arg(long, default_value_t = 4)]
     sft_batch: usize,
+    /// Longest SFT sequence in tokens (prompt + trajectory).
     #[arg(long, default_value_t = 2048)]
     sft_max_tokens: usize,
+    /// Epochs of the PPM's value-head training.
     #[arg(long, default_value_t = 30)]
     ppm_epochs: usize,
+    /// AdamW learning rate of the PPM's value head.
     #[arg(long, default_value_t = 1e-2)]
     ppm_lr: f64,
     /// Which PPM backbone weights train after its head: head (none; the PPM shares the policy's
@@ -114,6 +122,7 @@ pub struct EvolveArgs {
     /// Forest backend for the searches (default: the best available).
     #[arg(long, value_enum)]
     backend: Option<BackendKind>,
+    /// Seed of the searches (round r uses seed + r) and of training.
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Print exactly one JSON object (the per-round rows) on stdout.

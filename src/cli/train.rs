@@ -56,11 +56,13 @@ pub struct PolicyArgs {
     /// `top:K` (the last K layers and the final norm), or `all`.
     #[arg(long, default_value = "lora:8")]
     pub layers: rstar_gpu::train::model::Layers,
+    /// Epochs over the SFT examples (paper: 2).
     #[arg(long, default_value_t = SftTrainConfig::default().epochs)]
     pub epochs: usize,
     /// AdamW learning rate (LoRA wants ~1e-4..1e-3; full or top-K fine-tuning ~1e-5).
     #[arg(long, default_value_t = SftTrainConfig::default().lr)]
     pub lr: f64,
+    /// AdamW weight decay.
     #[arg(long, default_value_t = SftTrainConfig::default().weight_decay)]
     pub weight_decay: f64,
     /// Sequences per optimiser step (gradients accumulated one sequence at a time).
@@ -72,6 +74,7 @@ pub struct PolicyArgs {
     /// Fraction of problems held out for the loss check.
     #[arg(long, default_value_t = 0.0)]
     pub holdout: f64,
+    /// Seed of the shuffles, the held-out split and fresh weights.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Print exactly one JSON object (the training report) on stdout.
@@ -134,17 +137,22 @@ pub struct PpmArgs {
     /// Output PPM directory (ppm.json, value_head.safetensors, train_report.json).
     #[arg(long)]
     pub out: PathBuf,
+    /// Epochs of the value head's training (on features computed once).
     #[arg(long, default_value_t = HeadTrainConfig::default().epochs)]
     pub epochs: usize,
+    /// AdamW learning rate of the value head.
     #[arg(long, default_value_t = HeadTrainConfig::default().lr)]
     pub lr: f64,
+    /// AdamW weight decay of the value head.
     #[arg(long, default_value_t = HeadTrainConfig::default().weight_decay)]
     pub weight_decay: f64,
+    /// Pairs per optimiser step.
     #[arg(long, default_value_t = HeadTrainConfig::default().batch_size)]
     pub batch_size: usize,
     /// Fraction of problems held out for the pairwise-accuracy check.
     #[arg(long, default_value_t = HeadTrainConfig::default().holdout)]
     pub holdout: f64,
+    /// Seed of the shuffles, the held-out split and fresh weights.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Weight every pair 1 instead of 1/(positives·negatives) of its node.

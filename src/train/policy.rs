@@ -71,7 +71,8 @@ pub struct SftSequence {
 }
 
 /// Tokenises `(problem id, prompt text, target text)` triples. The prompt and target are encoded
-/// separately so the boundary is exact; the target is cut to fit `max_tokens`.
+/// separately so the boundary is exact; the target gets the tokenizer's end-of-sequence token and
+/// is cut to fit `max_tokens`.
 pub fn tokenize(
     tokenizer: &Tokenizer,
     items: &[(String, String, String)],
@@ -81,9 +82,14 @@ pub fn tokenize(
     for (problem, prompt, target) in items {
         let mut tokens = tokenizer.encode(prompt)?;
         let target_start = tokens.len();
-        let target_ids = tokenizer.encode(target)?;
+        let mut target_ids = tokenizer.encode(target)?;
         if target_ids.is_empty() {
             continue;
+        }
+        // The trajectory ends the turn: the model learns to stop after it (chat SFT does the
+        // same with the template's end-of-turn token).
+        if let Some(&eos) = tokenizer.eos_ids().first() {
+            target_ids.push(eos);
         }
         tokens.extend(target_ids);
         if target_start + 1 >= max_tokens {

@@ -627,15 +627,26 @@ pub fn finetune_backbone(
         ids.push((pos, neg));
     }
     let from = model.first_trainable_layer();
-    let prefixes: Vec<Tensor> = tokens
-        .iter()
-        .map(|t| model.frozen_prefix(t))
-        .collect::<Result<_, _>>()?;
+    // With every weight training the embeddings change each step: nothing can be cached.
+    let cache = model.layers() != super::model::Layers::All;
+    let prefixes: Vec<Tensor> = if cache {
+        tokens
+            .iter()
+            .map(|t| model.frozen_prefix(t))
+            .collect::<Result<_, _>>()?
+    } else {
+        Vec::new()
+    };
     let dev = model.device().clone();
     let w = Var::from_vec(head.w.clone(), (d, 1), &dev)?;
     let b = Var::from_vec(vec![head.b], 1, &dev)?;
     let reward = |i: usize| -> Result<Tensor, TrainError> {
-        let h = model.hidden_from(prefixes[i].clone(), from)?;
+        let x = if cache {
+            prefixes[i].clone()
+        } else {
+            model.frozen_prefix(&tokens[i])?
+        };
+        let h = model.hidden_from(x, from)?;
         let last = h.narrow(0, h.dim(0)? - 1, 1)?;
         Ok(last
             .matmul(w.as_tensor())?
