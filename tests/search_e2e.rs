@@ -98,6 +98,24 @@ fn all_four_methods_on_smollm2() {
         assert_eq!(s["method"], method);
         let recs = lines(&dir.join("results.jsonl"));
         assert_eq!(recs.len(), 3, "{method}");
+        if method == "sc" {
+            // pass@k from the records: pass@3 is the coverage, pass@1 the mean fraction correct.
+            let cov = recs.iter().filter(|r| r["covered"] == true).count() as f64 / 3.0;
+            assert!(
+                (s["pass_at_k"]["3"].as_f64().unwrap() - cov).abs() < 1e-9,
+                "{s}"
+            );
+            let frac: f64 = recs
+                .iter()
+                .map(|r| r["n_correct"].as_f64().unwrap() / 3.0)
+                .sum::<f64>()
+                / 3.0;
+            assert!(
+                (s["pass_at_k"]["1"].as_f64().unwrap() - frac).abs() < 1e-9,
+                "{s}"
+            );
+            assert!(s["tokens_per_sample"].as_f64().unwrap() > 0.0);
+        }
         for r in &recs {
             assert!(
                 r["correct"].is_boolean() && r["covered"].is_boolean(),

@@ -259,6 +259,23 @@ pub(crate) fn run_eval(a: &EvalArgs, quiet: bool) -> Result<serde_json::Value> {
         }
         Method::Sc | Method::Bon => {
             summary["samples"] = serde_json::json!(a.m.samples);
+            // Unbiased pass@k over the n samples per problem (Chen et al. 2021), and the tokens
+            // a sample costs, so sampling can be compared with MCTS at equal token budgets.
+            let n = a.m.samples;
+            let mut pass = serde_json::Map::new();
+            let mut k = 1;
+            while k <= n {
+                let p = records
+                    .iter()
+                    .map(|r| pass_at_k(n, r.n_correct.min(n), k))
+                    .sum::<f64>()
+                    / records.len().max(1) as f64;
+                pass.insert(k.to_string(), serde_json::json!(p));
+                k = if k * 2 > n && k < n { n } else { k * 2 };
+            }
+            summary["pass_at_k"] = serde_json::Value::Object(pass);
+            summary["tokens_per_sample"] =
+                serde_json::json!(policy_tokens as f64 / (n * records.len()).max(1) as f64);
             let bon: Vec<bool> = records.iter().filter_map(|r| r.bon_correct).collect();
             if !bon.is_empty() {
                 summary["bon_accuracy"] =
@@ -303,6 +320,18 @@ pub(crate) fn run_eval(a: &EvalArgs, quiet: bool) -> Result<serde_json::Value> {
             100.0 * acc
         ));
     }
+    if let Some(p) = summary["pass_at_k"].as_object() {
+        let parts: Vec<String> = p
+            .iter()
+            .map(|(k, v)| format!("pass@{k} {:.1}%", 100.0 * v.as_f64().unwrap_or(0.0)))
+            .collect();
+        report.push_str(&format!(
+            "\n{} (unbiased, over the {} samples per problem; {:.0} policy tokens per sample).\n",
+            parts.join(", "),
+            a.m.samples,
+            summary["tokens_per_sample"].as_f64().unwrap_or(0.0)
+        ));
+    }
     if a.method == Method::Mcts && st.total_secs > 0.0 {
         report.push_str(&format!(
             "\nSearch time ({:.0} s, this run): policy {:.1}%, executor {:.1}%, PPM {:.1}%, grading {:.1}%, forest {:.3}% ({} backend).\n",
@@ -324,6 +353,37 @@ pub(crate) fn run_eval(a: &EvalArgs, quiet: bool) -> Result<serde_json::Value> {
         println!("(per-problem results: {})", results_path.display());
     }
     Ok(summary)
+}
+
+/// The probability that at least one of k samples drawn without replacement from n, c of them
+/// correct, is correct: `1 − C(n−c, k) / C(n, k)`.
+fn pass_at_k(n: usize, c: usize, k: usize) -> f64 {
+    if k > n || n == 0 {
+        return 0.0;
+    }
+    if n - c < k {
+        return 1.0;
+    }
+    let mut miss = 1.0;
+    for i in (n - c + 1)..=n {
+        miss *= 1.0 - k as f64 / i as f64;
+    }
+    1.0 - miss
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pass_at_k;
+
+    #[test]
+    fn pass_at_k_matches_the_closed_form() {
+        // n = 8, c = 2, k = 4: 1 − C(6,4)/C(8,4) = 1 − 15/70.
+        assert!((pass_at_k(8, 2, 4) - (1.0 - 15.0 / 70.0)).abs() < 1e-12);
+        assert_eq!(pass_at_k(8, 0, 8), 0.0);
+        assert_eq!(pass_at_k(8, 1, 8), 1.0);
+        // pass@1 is the fraction correct.
+        assert!((pass_at_k(8, 3, 1) - 3.0 / 8.0).abs() < 1e-12);
+    }
 }
 
 trait ReferenceAnswer {

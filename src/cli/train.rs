@@ -314,7 +314,7 @@ pub(crate) fn ppm(a: &PpmArgs) -> Result<serde_json::Value> {
     } else {
         // The head stage's head on the same (float) backbone, then both together.
         let path = rstar_gpu::assets::model_path(&a.model).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let dense = LocalPolicy::load(&path, WeightMode::Dequantized, &candle_core::Device::Cpu)
+        let dense = LocalPolicy::load(&path, WeightMode::Dequantized, &train_device()?)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let tm = TrainModel::new(dense.model(), a.layers, a.seed)?;
         drop(dense);
@@ -430,7 +430,7 @@ pub(crate) fn policy(a: &PolicyArgs) -> Result<serde_json::Value> {
     );
     let path = rstar_gpu::assets::model_path(&a.model).map_err(|e| anyhow::anyhow!("{e}"))?;
     let t0 = std::time::Instant::now();
-    let base = LocalPolicy::load(&path, WeightMode::Dequantized, &candle_core::Device::Cpu)
+    let base = LocalPolicy::load(&path, WeightMode::Dequantized, &train_device()?)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let tok = base.tokenizer().clone();
     let model = TrainModel::new(base.model(), a.layers, a.seed)?;
@@ -495,4 +495,14 @@ pub(crate) fn policy(a: &PolicyArgs) -> Result<serde_json::Value> {
         );
     }
     Ok(summary)
+}
+
+/// Where training runs: the first CUDA GPU when the binary is built with the `cuda` feature and
+/// one is present, else the CPU.
+fn train_device() -> Result<candle_core::Device> {
+    let d = candle_core::Device::cuda_if_available(0).context("opening the CUDA device")?;
+    if d.is_cuda() {
+        tracing::info!("training on CUDA device 0");
+    }
+    Ok(d)
 }
