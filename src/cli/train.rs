@@ -327,13 +327,7 @@ pub(crate) fn ppm(a: &PpmArgs) -> Result<serde_json::Value> {
             count_weights: !a.uniform_weights,
             ..BackboneTrainConfig::default()
         };
-        let bar = indicatif::ProgressBar::new(0);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{bar:30} step {pos}/{len}  {msg}  [{elapsed_precise} < {eta_precise}]",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
+        let bar = step_bar();
         let t1 = std::time::Instant::now();
         let (head, report) = finetune_backbone(&tm, &start, &pairs, &head, &bcfg, |s, n, l| {
             bar.set_length(n as u64);
@@ -446,13 +440,7 @@ pub(crate) fn policy(a: &PolicyArgs) -> Result<serde_json::Value> {
         })
         .collect();
     let seqs = tokenize(&tok, &triples, a.max_tokens)?;
-    let bar = indicatif::ProgressBar::new(0);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{bar:30} step {pos}/{len}  {msg}  [{elapsed_precise} < {eta_precise}]",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
+    let bar = step_bar();
     let t1 = std::time::Instant::now();
     let report = train_sft(&model, &seqs, &cfg, |p| {
         bar.set_length(p.total_steps as u64);
@@ -505,4 +493,16 @@ fn train_device() -> Result<candle_core::Device> {
         tracing::info!("training on CUDA device 0");
     }
     Ok(d)
+}
+
+/// A progress bar over optimiser steps (length set by the first report).
+fn step_bar() -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:30} step {pos}/{len}  {msg}  [{elapsed_precise} < {eta_precise}]",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar
 }

@@ -459,6 +459,75 @@ impl TrainModel {
     }
 }
 
+/// Sums the gradients of `vars` over several backward passes (one per sequence, so memory
+/// holds one sequence's graph at a time) and turns them into one clipped optimiser step.
+pub(crate) struct GradAccumulator {
+    vars: Vec<Var>,
+    sum: Vec<Option<Tensor>>,
+    last: Option<candle_core::backprop::GradStore>,
+}
+
+impl GradAccumulator {
+    pub(crate) fn new(vars: Vec<Var>) -> Self {
+        let sum = vec![None; vars.len()];
+        GradAccumulator {
+            vars,
+            sum,
+            last: None,
+        }
+    }
+
+    /// Adds the gradients of one backward pass.
+    pub(crate) fn add(
+        &mut self,
+        grads: candle_core::backprop::GradStore,
+    ) -> Result<(), TrainError> {
+        for (acc, v) in self.sum.iter_mut().zip(&self.vars) {
+            if let Some(g) = grads.get(v.as_tensor()) {
+                *acc = Some(match acc.take() {
+                    Some(a) => (a + g)?,
+                    None => g.clone(),
+                });
+            }
+        }
+        self.last = Some(grads);
+        Ok(())
+    }
+
+    /// The summed gradients, scaled so their global norm is at most `clip_norm` (0: no clip),
+    /// ready for `Optimizer::step`; `None` when nothing was added. A non-finite gradient is an
+    /// error naming `what`.
+    pub(crate) fn finish(
+        self,
+        clip_norm: f64,
+        what: &str,
+    ) -> Result<Option<candle_core::backprop::GradStore>, TrainError> {
+        let Some(mut grads) = self.last else {
+            return Ok(None);
+        };
+        let mut sq = 0f64;
+        for g in self.sum.iter().flatten() {
+            sq += g.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+        }
+        if !sq.is_finite() {
+            return Err(data_err(format!(
+                "{what}: the gradient is not finite (lower the learning rate)"
+            )));
+        }
+        let scale = if clip_norm > 0.0 && sq.sqrt() > clip_norm {
+            clip_norm / sq.sqrt()
+        } else {
+            1.0
+        };
+        for (g, v) in self.sum.into_iter().zip(&self.vars) {
+            if let Some(g) = g {
+                grads.insert(v.as_tensor(), if scale != 1.0 { (g * scale)? } else { g });
+            }
+        }
+        Ok(Some(grads))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,11 +13,11 @@
 
 use std::collections::HashMap;
 
-use candle_core::{backprop::GradStore, Tensor, Var};
+use candle_core::{Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use serde::{Deserialize, Serialize};
 
-use super::model::{Layers, TrainModel};
+use super::model::{GradAccumulator, Layers, TrainModel};
 use super::ppm::is_heldout;
 use super::TrainError;
 use crate::model::tokenizer::Tokenizer;
@@ -275,8 +275,7 @@ pub fn train_sft(
                 .iter()
                 .map(|&i| train[i].tokens.len() - train[i].target_start)
                 .sum();
-            let mut sum: Vec<Option<Tensor>> = vec![None; vars.len()];
-            let mut last: Option<GradStore> = None;
+            let mut acc = GradAccumulator::new(vars.clone());
             let mut batch_nll = 0f64;
             for &i in batch {
                 let s = train[i];
@@ -286,38 +285,11 @@ pub fn train_sft(
                 let (nll, _, _) = sequence_nll(model, s, p)?;
                 batch_nll += nll.to_scalar::<f32>()? as f64;
                 let loss = (nll / tokens as f64)?;
-                let grads = loss.backward()?;
-                for (acc, v) in sum.iter_mut().zip(&vars) {
-                    if let Some(g) = grads.get(v.as_tensor()) {
-                        *acc = Some(match acc.take() {
-                            Some(a) => (a + g)?,
-                            None => g.clone(),
-                        });
-                    }
-                }
-                last = Some(grads);
+                acc.add(loss.backward()?)?;
             }
-            let Some(mut grads) = last else { continue };
-            let mut sq = 0f64;
-            for g in sum.iter().flatten() {
-                sq += g.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
-            }
-            if !sq.is_finite() {
-                return Err(TrainError::Data(format!(
-                    "epoch {epoch}: the gradient is not finite (lower the learning rate)"
-                )));
-            }
-            let scale = if cfg.clip_norm > 0.0 && sq.sqrt() > cfg.clip_norm {
-                cfg.clip_norm / sq.sqrt()
-            } else {
-                1.0
+            let Some(grads) = acc.finish(cfg.clip_norm, &format!("epoch {epoch}"))? else {
+                continue;
             };
-            for (g, v) in sum.into_iter().zip(&vars) {
-                if let Some(g) = g {
-                    let g = if scale != 1.0 { (g * scale)? } else { g };
-                    grads.insert(v.as_tensor(), g);
-                }
-            }
             opt.step(&grads)?;
             report.steps += 1;
             epoch_nll += batch_nll;

@@ -20,6 +20,7 @@ use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use serde::{Deserialize, Serialize};
 
 use super::loss::bt_loss;
+use super::model::{GradAccumulator, TrainModel};
 use super::pairs::Pair;
 use super::TrainError;
 use crate::model::ppm::Ppm;
@@ -573,7 +574,7 @@ impl Default for BackboneTrainConfig {
 /// of `ppm`'s backbone; texts are formatted by `ppm`. `on_step(step, total, loss)` sees every
 /// optimiser step. Returns the new head and a report whose epochs hold pairwise accuracies.
 pub fn finetune_backbone(
-    model: &super::model::TrainModel,
+    model: &TrainModel,
     ppm: &Ppm,
     pairs: &[Pair],
     head: &Head,
@@ -719,8 +720,7 @@ pub fn finetune_backbone(
                 .iter()
                 .map(|&k| weight(&pairs[train[k as usize]]))
                 .sum();
-            let mut sum: Vec<Option<Tensor>> = vec![None; all_vars.len()];
-            let mut last = None;
+            let mut acc = GradAccumulator::new(all_vars.clone());
             let mut batch_loss = 0f64;
             for &k in batch {
                 let k = train[k as usize];
@@ -734,37 +734,11 @@ pub fn finetune_backbone(
                 batch_loss += l;
                 run_loss += l * wsum;
                 run_w += wt;
-                let grads = loss.backward()?;
-                for (acc, v) in sum.iter_mut().zip(&all_vars) {
-                    if let Some(g) = grads.get(v.as_tensor()) {
-                        *acc = Some(match acc.take() {
-                            Some(a) => (a + g)?,
-                            None => g.clone(),
-                        });
-                    }
-                }
-                last = Some(grads);
+                acc.add(loss.backward()?)?;
             }
-            let Some(mut grads) = last else { continue };
-            let mut sq = 0f64;
-            for g in sum.iter().flatten() {
-                sq += g.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
-            }
-            if !sq.is_finite() {
-                return Err(TrainError::Data(format!(
-                    "epoch {epoch}: the gradient is not finite (lower the learning rates)"
-                )));
-            }
-            let scale = if cfg.clip_norm > 0.0 && sq.sqrt() > cfg.clip_norm {
-                cfg.clip_norm / sq.sqrt()
-            } else {
-                1.0
+            let Some(grads) = acc.finish(cfg.clip_norm, &format!("epoch {epoch}"))? else {
+                continue;
             };
-            for (g, v) in sum.into_iter().zip(&all_vars) {
-                if let Some(g) = g {
-                    grads.insert(v.as_tensor(), if scale != 1.0 { (g * scale)? } else { g });
-                }
-            }
             opt_backbone.step(&grads)?;
             opt_head.step(&grads)?;
             step += 1;
