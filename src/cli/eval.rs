@@ -371,21 +371,6 @@ fn pass_at_k(n: usize, c: usize, k: usize) -> f64 {
     1.0 - miss
 }
 
-#[cfg(test)]
-mod tests {
-    use super::pass_at_k;
-
-    #[test]
-    fn pass_at_k_matches_the_closed_form() {
-        // n = 8, c = 2, k = 4: 1 − C(6,4)/C(8,4) = 1 − 15/70.
-        assert!((pass_at_k(8, 2, 4) - (1.0 - 15.0 / 70.0)).abs() < 1e-12);
-        assert_eq!(pass_at_k(8, 0, 8), 0.0);
-        assert_eq!(pass_at_k(8, 1, 8), 1.0);
-        // pass@1 is the fraction correct.
-        assert!((pass_at_k(8, 3, 1) - 3.0 / 8.0).abs() < 1e-12);
-    }
-}
-
 trait ReferenceAnswer {
     fn reference_answer(&self) -> Option<String>;
 }
@@ -464,4 +449,19 @@ pub(crate) fn write_atomic(path: &Path, text: &str) -> Result<()> {
     std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pass_at_k;
+
+    #[test]
+    fn pass_at_k_matches_the_closed_form() {
+        // n = 8, c = 2, k = 4: 1 − C(6,4)/C(8,4) = 1 − 15/70.
+        assert!((pass_at_k(8, 2, 4) - (1.0 - 15.0 / 70.0)).abs() < 1e-12);
+        assert_eq!(pass_at_k(8, 0, 8), 0.0);
+        assert_eq!(pass_at_k(8, 1, 8), 1.0);
+        // pass@1 is the fraction correct.
+        assert!((pass_at_k(8, 3, 1) - 3.0 / 8.0).abs() < 1e-12);
+    }
 }
