@@ -74,6 +74,9 @@ struct Record {
     bon_answer: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     bon_correct: Option<bool>,
+    /// The PPM score of the Best-of-N pick.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    bon_score: Option<f32>,
 }
 
 pub fn run(a: EvalArgs) -> Result<()> {
@@ -160,15 +163,16 @@ pub(crate) fn run_eval(a: &EvalArgs, quiet: bool) -> Result<serde_json::Value> {
                 None => (false, 0),
             };
             let covered = n_correct > 0;
-            let (bon_answer, bon_correct) = match &o.bon {
-                Some((ans, _)) => (
+            let (bon_answer, bon_correct, bon_score) = match &o.bon {
+                Some((ans, score)) => (
                     ans.clone(),
                     Some(match (ans, &reference) {
                         (Some(x), Some(r)) => grader.equiv(x, r).equivalent,
                         _ => false,
                     }),
+                    *score,
                 ),
-                None => (None, None),
+                None => (None, None, None),
             };
             new_tokens += o.tokens;
             if let Some(t) = &o.tree {
@@ -193,6 +197,7 @@ pub(crate) fn run_eval(a: &EvalArgs, quiet: bool) -> Result<serde_json::Value> {
                 error: o.error,
                 bon_answer,
                 bon_correct,
+                bon_score,
             };
             lines.push_str(&serde_json::to_string(&rec)?);
             lines.push('\n');
