@@ -456,16 +456,6 @@ pub fn run(a: EvolveArgs) -> Result<()> {
             if partial.exists() {
                 std::fs::remove_dir_all(&partial)?;
             }
-            // With very few problems the held-out split could take them all: then train on all.
-            let pair_list = rstar_gpu::train::export::read_pairs(&data_dir.join("pairs.jsonl"))?;
-            let holdout = if pair_list
-                .iter()
-                .all(|p| rstar_gpu::train::ppm::is_heldout(&p.problem, seed, a.ppm_holdout))
-            {
-                0.0
-            } else {
-                a.ppm_holdout
-            };
             let s = super::train::ppm(&PpmArgs {
                 pairs: data_dir.join("pairs.jsonl"),
                 model: policy.clone(),
@@ -475,7 +465,7 @@ pub fn run(a: EvolveArgs) -> Result<()> {
                 lr: a.ppm_lr,
                 weight_decay: 1e-2,
                 batch_size: 64,
-                holdout,
+                holdout: a.ppm_holdout,
                 seed,
                 uniform_weights: false,
                 layers: a.ppm_layers,

@@ -18,7 +18,7 @@ use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use serde::{Deserialize, Serialize};
 
 use super::model::{GradAccumulator, Layers, TrainModel};
-use super::ppm::is_heldout;
+use super::ppm::heldout_problems;
 use super::TrainError;
 use crate::model::tokenizer::Tokenizer;
 
@@ -218,10 +218,15 @@ pub fn train_sft(
             model.layers()
         )));
     }
+    let held_ids = heldout_problems(
+        seqs.iter().map(|s| s.problem.as_str()),
+        cfg.seed,
+        cfg.holdout,
+    );
     let (train, heldout): (Vec<&SftSequence>, Vec<&SftSequence>) = seqs
         .iter()
         .filter(|s| s.tokens.len() > s.target_start)
-        .partition(|s| !is_heldout(&s.problem, cfg.seed, cfg.holdout));
+        .partition(|s| !held_ids.contains(&s.problem));
     if train.is_empty() {
         return Err(TrainError::Data(
             "no training sequences (all held out or empty)".into(),

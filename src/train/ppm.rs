@@ -113,19 +113,36 @@ impl Head {
     }
 }
 
-/// Whether `problem` is held out: a stable hash of its id and the seed, so the split does not
-/// depend on the order or number of pairs.
-pub fn is_heldout(problem: &str, seed: u64, fraction: f64) -> bool {
-    if fraction <= 0.0 {
-        return false;
-    }
-    // FNV-1a: stable across runs and platforms (std's hasher is not).
+/// A stable hash of a problem id and a seed (FNV-1a: the same across runs and platforms, unlike
+/// std's hasher).
+fn problem_hash(problem: &str, seed: u64) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
     for b in problem.bytes() {
         h ^= b as u64;
         h = h.wrapping_mul(0x0000_0100_0000_01B3);
     }
-    (h % 1_000_000) as f64 / 1_000_000.0 < fraction
+    h
+}
+
+/// The held-out problems: of the distinct `problems`, the `round(fraction · n)` with the smallest
+/// hashes (at least one when `fraction > 0` and there are two or more problems, never all of
+/// them). The split depends only on the set of ids and the seed, not on their order or on how
+/// many pairs each problem has, and is by problem, so held-out numbers measure unseen problems.
+pub fn heldout_problems<'a>(
+    problems: impl IntoIterator<Item = &'a str>,
+    seed: u64,
+    fraction: f64,
+) -> std::collections::HashSet<String> {
+    let mut ids: Vec<&str> = problems.into_iter().collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let n = ids.len();
+    if fraction.is_nan() || fraction <= 0.0 || n < 2 {
+        return Default::default();
+    }
+    let k = ((fraction * n as f64).round() as usize).clamp(1, n - 1);
+    ids.sort_by_key(|p| (problem_hash(p, seed), *p));
+    ids.into_iter().take(k).map(str::to_string).collect()
 }
 
 /// Trains a head from `init` on `pairs` (all of width `d`). `on_epoch` sees each epoch's stats
@@ -139,9 +156,13 @@ pub fn train_head(
     let t0 = std::time::Instant::now();
     let d = init.w.len();
     validate(pairs, d, cfg)?;
-    let (train, held): (Vec<&PairFeatures>, Vec<&PairFeatures>) = pairs
-        .iter()
-        .partition(|p| !is_heldout(&p.problem, cfg.seed, cfg.holdout));
+    let held_ids = heldout_problems(
+        pairs.iter().map(|p| p.problem.as_str()),
+        cfg.seed,
+        cfg.holdout,
+    );
+    let (train, held): (Vec<&PairFeatures>, Vec<&PairFeatures>) =
+        pairs.iter().partition(|p| !held_ids.contains(&p.problem));
     if train.is_empty() {
         return Err(TrainError::Data(format!(
             "all {} pairs fell in the held-out split; lower --holdout or add problems",
@@ -481,7 +502,14 @@ mod tests {
         // The folded head ranks raw features exactly as training measured.
         let held: Vec<&PairFeatures> = pairs
             .iter()
-            .filter(|p| is_heldout(&p.problem, cfg.seed, cfg.holdout))
+            .filter(|p| {
+                heldout_problems(
+                    pairs.iter().map(|p| p.problem.as_str()),
+                    cfg.seed,
+                    cfg.holdout,
+                )
+                .contains(&p.problem)
+            })
             .collect();
         let right = held
             .iter()
@@ -497,11 +525,25 @@ mod tests {
     #[test]
     fn split_is_by_problem_and_stable() {
         let ids: Vec<String> = (0..2000).map(|i| format!("gsm8k-train-{i}")).collect();
-        let held = ids.iter().filter(|p| is_heldout(p, 0, 0.1)).count();
-        assert!((150..250).contains(&held), "{held} of 2000 held out at 10%");
-        assert!(!ids.iter().any(|p| is_heldout(p, 0, 0.0)));
-        let again = ids.iter().filter(|p| is_heldout(p, 0, 0.1)).count();
-        assert_eq!(held, again);
+        let held = heldout_problems(ids.iter().map(String::as_str), 0, 0.1);
+        assert_eq!(held.len(), 200);
+        // Order and repetition (several pairs per problem) do not change the split.
+        let shuffled: Vec<&str> = ids
+            .iter()
+            .rev()
+            .chain(ids.iter())
+            .map(String::as_str)
+            .collect();
+        assert_eq!(heldout_problems(shuffled, 0, 0.1), held);
+        assert_ne!(
+            heldout_problems(ids.iter().map(String::as_str), 1, 0.1),
+            held
+        );
+        assert!(heldout_problems(ids.iter().map(String::as_str), 0, 0.0).is_empty());
+        // Few problems: at least one held out, never all.
+        assert_eq!(heldout_problems(["a", "b"], 0, 0.1).len(), 1);
+        assert_eq!(heldout_problems(["a", "b"], 0, 0.9).len(), 1);
+        assert!(heldout_problems(["a", "a"], 0, 0.5).is_empty());
     }
 
     #[test]
@@ -661,8 +703,13 @@ pub fn finetune_backbone(
             1.0
         }
     };
+    let held_ids = heldout_problems(
+        pairs.iter().map(|p| p.problem.as_str()),
+        cfg.seed,
+        cfg.holdout,
+    );
     let (train, held): (Vec<usize>, Vec<usize>) =
-        (0..pairs.len()).partition(|&i| !is_heldout(&pairs[i].problem, cfg.seed, cfg.holdout));
+        (0..pairs.len()).partition(|&i| !held_ids.contains(&pairs[i].problem));
     if train.is_empty() {
         return Err(TrainError::Data(
             "all pairs fell in the held-out split; lower the held-out fraction".into(),
