@@ -579,17 +579,7 @@ impl Transformer {
         norm: Tensor,
         lm_head: Linear,
     ) -> Self {
-        let half = cfg.head_dim / 2;
-        let mut rope_cos = Vec::with_capacity(cfg.context_length * half);
-        let mut rope_sin = Vec::with_capacity(cfg.context_length * half);
-        for pos in 0..cfg.context_length {
-            for i in 0..half {
-                let freq = cfg.rope_theta.powf(-((2 * i) as f64) / cfg.head_dim as f64);
-                let angle = pos as f64 * freq;
-                rope_cos.push(angle.cos() as f32);
-                rope_sin.push(angle.sin() as f32);
-            }
-        }
+        let (rope_cos, rope_sin) = rope_tables(&cfg);
         Transformer {
             cfg,
             device,
@@ -953,4 +943,21 @@ pub fn write_hf_weights(
     std::fs::write(&path, serde_json::to_string_pretty(hf).unwrap_or_default())
         .map_err(|e| file_err(&path, e))?;
     Ok(())
+}
+
+/// RoPE tables `[context_length, head_dim / 2]` (cos, sin), f32, row-major: the angle of pair `i`
+/// at position `pos` is `pos · θ^(−2i / head_dim)`. The inference and training models share them.
+pub(crate) fn rope_tables(cfg: &TransformerConfig) -> (Vec<f32>, Vec<f32>) {
+    let half = cfg.head_dim / 2;
+    let mut cos = Vec::with_capacity(cfg.context_length * half);
+    let mut sin = Vec::with_capacity(cfg.context_length * half);
+    for pos in 0..cfg.context_length {
+        for i in 0..half {
+            let freq = cfg.rope_theta.powf(-((2 * i) as f64) / cfg.head_dim as f64);
+            let angle = pos as f64 * freq;
+            cos.push(angle.cos() as f32);
+            sin.push(angle.sin() as f32);
+        }
+    }
+    (cos, sin)
 }

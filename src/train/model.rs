@@ -196,16 +196,7 @@ impl TrainModel {
             }
         }
         let half = cfg.head_dim / 2;
-        let mut cos = Vec::with_capacity(cfg.context_length * half);
-        let mut sin = Vec::with_capacity(cfg.context_length * half);
-        for pos in 0..cfg.context_length {
-            for i in 0..half {
-                let freq = cfg.rope_theta.powf(-((2 * i) as f64) / cfg.head_dim as f64);
-                let angle = pos as f64 * freq;
-                cos.push(angle.cos() as f32);
-                sin.push(angle.sin() as f32);
-            }
-        }
+        let (cos, sin) = crate::model::transformer::rope_tables(&cfg);
         let cos = Tensor::from_vec(cos, (cfg.context_length, half), &device)?;
         let sin = Tensor::from_vec(sin, (cfg.context_length, half), &device)?;
         Ok(TrainModel {
