@@ -139,7 +139,32 @@ pub fn run_baseline(
     let rounds: Vec<Vec<String>> = (0..depth)
         .map(|d| trajs.iter().map(|steps| steps[..=d].concat()).collect())
         .collect();
-    let req = serde_json::json!({"workers": workers, "rounds": rounds}).to_string();
+    run_program(
+        python,
+        serde_json::json!({"workers": workers, "rounds": rounds}),
+    )
+}
+
+/// The roofline of any incremental executor on `trajs`: `workers` warm processes of the same
+/// program, each path pinned to one and kept in its own namespace, each step running only its
+/// own code, with no sandbox, fork, isolation or limits. Its outputs are per step (not joined).
+pub fn run_roofline(
+    python: &Path,
+    trajs: &[Vec<String>],
+    workers: usize,
+) -> Result<BaselineRun, String> {
+    let depth = trajs.first().map_or(0, Vec::len);
+    let rounds: Vec<Vec<String>> = (0..depth)
+        .map(|d| trajs.iter().map(|steps| steps[d].clone()).collect())
+        .collect();
+    run_program(
+        python,
+        serde_json::json!({"workers": workers, "rounds": rounds, "mode": "incremental"}),
+    )
+}
+
+fn run_program(python: &Path, req: serde_json::Value) -> Result<BaselineRun, String> {
+    let req = req.to_string();
     let mut child = Command::new(python)
         .args(["-c", BASELINE_PY])
         .stdin(Stdio::piped())
@@ -162,6 +187,19 @@ pub fn run_baseline(
         ));
     }
     serde_json::from_slice(&out.stdout).map_err(|e| format!("unreadable baseline output: {e}"))
+}
+
+/// Steps where the roofline's output differs from ours.
+pub fn roofline_mismatches(ours: &[Vec<ExecResult>], roof: &BaselineRun) -> usize {
+    let mut bad = 0;
+    for (d, round) in ours.iter().enumerate() {
+        for (p, r) in round.iter().enumerate() {
+            if !r.ok || roof.outputs.get(d).and_then(|o| o.get(p)) != Some(&r.stdout) {
+                bad += 1;
+            }
+        }
+    }
+    bad
 }
 
 /// Steps where the baseline's output differs from ours for steps 1..=d joined.

@@ -9,12 +9,15 @@
 //! # How a snippet runs
 //! A worker is a long-lived Python server started from the real interpreter (`sys.executable`,
 //! not a pyenv shim) with `math`, `sympy` and `numpy` (where installed) imported and warmed up.
-//! Each snippet runs in a forked child. A snippet with a `parent` forks from the process the
-//! parent left behind (a *zygote*, kept while children are expected), so a depth-d trajectory
-//! costs O(d) work instead of rStar's re-run of every ancestor. The last expected child of a
-//! zygote runs in the zygote itself (no fork): a linear path forks once. When a parent's state is
-//! gone (evicted by the state cap, killed, or its worker restarted), the missing ancestors' code is
-//! replayed silently in front of the child's, from the nearest live state.
+//! Each snippet runs in a forked child. Root-level snippets are forked by the worker's *base*
+//! process (forked once from the preloaded interpreter, sandboxed once). A snippet with a
+//! `parent` forks from the process the parent left behind (a *zygote*, kept while children are
+//! expected), so a depth-d trajectory costs O(d) work instead of rStar's re-run of every ancestor.
+//! The last expected child of a zygote runs in the zygote itself (no fork), over the same channel
+//! and output memfd: a linear path forks once, and each later step costs one request frame and
+//! one reply frame that carries the captured output. When a parent's state is gone (evicted by
+//! the state cap, killed, or its worker restarted), the missing ancestors' code is replayed
+//! silently in front of the child's, from the nearest live state.
 //!
 //! # Guarantees (each layer is best-effort where the kernel may refuse it; see
 //! [`ExecPool::sandbox`] for what this machine granted)
@@ -27,7 +30,9 @@
 //! * **No signals, no tracing:** seccomp denies `kill`, `tkill`, `tgkill`, `pidfd_send_signal`,
 //!   `ptrace`, `process_vm_*` and namespace syscalls to model code.
 //! * **Files:** Landlock allows writes only in the snippet's scratch directory (removed after
-//!   the snippet), and reads only of the interpreter's files and system directories.
+//!   the snippet), and reads only of the interpreter's files and system directories. The scratch
+//!   root is a private tmpfs capped at [`ExecConfig::scratch_mb`] where the mount namespace
+//!   allows it (else below `/dev/shm` or the temporary directory).
 //! * **Network:** a new network namespace (no interfaces) and seccomp allows only `AF_UNIX`
 //!   sockets.
 //! * **Processes and secrets:** a new pid namespace with a private `/proc` (the caller's
@@ -145,6 +150,9 @@ pub struct ExecConfig {
     pub max_output_bytes: u64,
     /// Kept interpreter states per worker; the least recently used beyond this are dropped.
     pub max_states: usize,
+    /// Size of the private tmpfs mounted over each worker's scratch root, MiB: the cap on all
+    /// files its snippets hold at once (where the mount namespace allows it; 0: no mount).
+    pub scratch_mb: u64,
     /// rStar's truncation of the shown output (characters; 0 keeps everything captured).
     pub truncate_chars: usize,
     /// rStar's rounding of a purely numeric output to 4 decimals when shorter.
@@ -170,6 +178,7 @@ impl Default for ExecConfig {
             file_size_mb: 16,
             max_output_bytes: 1 << 20,
             max_states: 256,
+            scratch_mb: 256,
             truncate_chars: output::TRUNCATE_CHARS,
             round_floats: false,
             python: None,

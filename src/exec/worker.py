@@ -4,16 +4,21 @@
 #   server  trusted; speaks JSON lines with Rust on stdin/stdout; never runs model code. In a new
 #           pid namespace when the kernel allows, it is pid 1 there, so when it dies every sandboxed
 #           process dies with it.
-#   snippet one forked process per snippet. Applies the sandbox, runs the code, reports on its own
-#           channel socket, then either exits or stays as a *zygote*: the interpreter state that the
-#           snippet left, kept alive so that child snippets fork from it (incremental execution).
+#   base    forked once by the server from the preloaded interpreter; applies the sandbox once,
+#           then only forks root-level snippets (it is the zygote of the fresh state).
+#   snippet a forked process. Runs the code with stdout/stderr in its output memfd, reports the
+#           captured output in one `done` frame on its channel socket, then either exits or stays
+#           as a *zygote*: the interpreter state the snippet left, kept alive so that child
+#           snippets fork from it (incremental execution). The last expected child runs in the
+#           zygote's own process (no fork) over the same channel and memfd.
 # A child snippet is forked by its parent's zygote; when that zygote is gone (evicted, killed,
 # crashed), the server replays the missing ancestors' code silently in front of the child's code,
-# starting from the nearest live ancestor or from the preloaded base state.
+# starting from the nearest live ancestor or from the base state.
 #
-# Framing: Rust <-> server, one JSON object per line. Server <-> snippet/zygote channels are
-# AF_UNIX stream sockets carrying frames of a 4-byte little-endian length + JSON; the server passes
-# a new child's channel and output pipe to a zygote as SCM_RIGHTS file descriptors.
+# Framing: Rust <-> server, one JSON object per line. Server <-> process channels are AF_UNIX
+# stream sockets carrying frames of a 4-byte little-endian length + JSON; the server passes a new
+# child's channel and output memfd to a zygote as SCM_RIGHTS file descriptors, and keeps its own
+# handle on the memfd to read what a killed or crashed snippet wrote.
 
 import array
 import base64
@@ -21,6 +26,7 @@ import builtins
 import collections
 import ctypes
 import errno
+import fcntl
 import gc
 import io
 import json
@@ -47,6 +53,7 @@ _dumps, _loads, _pack, _unpack = json.dumps, json.loads, struct.pack, struct.unp
 _select, _perf, _getpid, _chdir = select.select, time.perf_counter, os.getpid, os.chdir
 _setrlimit, _getrlimit = resource.setrlimit, resource.getrlimit
 _compile, _exec = builtins.compile, builtins.exec
+_dupfd, _F_DUPFD = fcntl.fcntl, fcntl.F_DUPFD
 
 LIBC = ctypes.CDLL(None, use_errno=True)
 IS_ROOT = os.geteuid() == 0
@@ -146,6 +153,14 @@ def mount_proc():
         return
     if LIBC.mount(b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None) == 0:
         REPORT["proc_mounted"] = True
+    # The scratch root becomes a private tmpfs with a size cap: snippet directories are made and
+    # removed in memory (cheap), and all the files snippets write at once cannot exceed the cap.
+    mb = int(CFG.get("scratch_mb", 0))
+    if mb > 0:
+        opts = ("size=%dm,mode=0711" % mb).encode()
+        if LIBC.mount(b"tmpfs", CFG["scratch"].encode(), b"tmpfs",
+                      MS_NOSUID | MS_NODEV | MS_NOEXEC, ctypes.c_char_p(opts)) == 0:
+            REPORT["scratch_tmpfs_mb"] = mb
 
 
 # Landlock: writes only under the scratch root (and to /dev/null); reads only of the interpreter's
@@ -167,20 +182,22 @@ def read_roots():
     return sorted(r for r in roots if os.path.exists(r))
 
 
-def landlock(root):
+def landlock_ruleset(root):
+    """The ruleset, built once in the server (opening every allowed path is the costly part):
+    (ruleset fd, ABI), or (-1, 0) where Landlock is off or refused."""
     if not CFG.get("landlock", True):
-        return 0
+        return -1, 0
     LIBC.syscall.restype = ctypes.c_long
     abi = LIBC.syscall(444, None, ctypes.c_size_t(0), ctypes.c_uint(1))
     if abi <= 0:
-        return 0
+        return -1, 0
     rights = LL_WRITE_RIGHTS[min(abi, 3)]
     reads = CFG.get("landlock_reads", True)
     handled = rights | (LL_READ if reads else 0)
     attr = struct.pack("<Q", handled)
     rfd = LIBC.syscall(444, ctypes.c_char_p(attr), ctypes.c_size_t(len(attr)), ctypes.c_uint(0))
     if rfd < 0:
-        return 0
+        return -1, 0
     def allow(path, access, flags):
         fd = os.open(path, os.O_PATH | flags)
         try:
@@ -190,6 +207,7 @@ def landlock(root):
         finally:
             os.close(fd)
 
+    ok = False
     try:
         ok = allow(root, handled, os.O_DIRECTORY)
         # /dev/null stays writable: snippet processes point their output there between runs.
@@ -199,10 +217,20 @@ def landlock(root):
                 is_dir = os.path.isdir(r)
                 ok = ok and allow(r, LL_READ if is_dir else (LL_READ & 0x5),
                                   os.O_DIRECTORY if is_dir else 0)
-        ok = ok and LIBC.syscall(446, ctypes.c_int(rfd), ctypes.c_uint(0)) == 0
     finally:
-        os.close(rfd)
-    return abi if ok else 0
+        if not ok:
+            os.close(rfd)
+    return (rfd, abi) if ok else (-1, 0)
+
+
+LANDLOCK = (-1, 0)  # set by main() before any snippet is forked
+
+
+def landlock():
+    fd, abi = LANDLOCK
+    if fd < 0:
+        return 0
+    return abi if LIBC.syscall(446, ctypes.c_int(fd), ctypes.c_uint(0)) == 0 else 0
 
 
 # seccomp: model code may not signal or trace any process, exec a program, create non-Unix
@@ -215,12 +243,13 @@ SYSCALLS = {
 }
 
 
-def seccomp():
+def seccomp_program():
+    """The filter, built once in the server: a ctypes `sock_fprog` (with its buffer), or None."""
     if not CFG.get("seccomp", True):
-        return False
+        return None
     spec = SYSCALLS.get(platform.machine())
     if spec is None:
-        return False
+        return None
     arch, sock_nr, blocked = spec
     LD, JEQ, JGE, RET = 0x20, 0x15, 0x35, 0x06
     ALLOW, DENY = 0x7FFF0000, 0x00050000 | errno.EPERM
@@ -252,9 +281,18 @@ def seccomp():
         _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
 
     p = Prog(len(out), ctypes.addressof(buf))
+    return p, buf
+
+
+SECCOMP = None  # set by main() before any snippet is forked
+
+
+def seccomp():
+    if SECCOMP is None:
+        return False
     LIBC.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p, ctypes.c_ulong,
                            ctypes.c_ulong]
-    return LIBC.prctl(PR_SET_SECCOMP, 2, ctypes.byref(p), 0, 0) == 0
+    return LIBC.prctl(PR_SET_SECCOMP, 2, ctypes.byref(SECCOMP[0]), 0, 0) == 0
 
 
 CAP_DAC_READ_SEARCH, PR_SET_KEEPCAPS = 2, 8
@@ -276,7 +314,7 @@ def keep_read_capability():
 
 
 def drop_privileges():
-    """Once, in a root-level snippet process, before any model code. Descendants inherit all."""
+    """Once, in the base process, before any model code. Every snippet inherits it."""
     if IS_ROOT and CFG.get("uid") is not None:
         hard = int(CFG.get("nproc_hard", 4096))
         _setrlimit(resource.RLIMIT_NPROC, (hard, hard))
@@ -287,7 +325,7 @@ def drop_privileges():
         keep_read_capability()
     LIBC.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
     LIBC.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
-    return {"uid": os.geteuid(), "landlock_abi": landlock(CFG["scratch"]), "seccomp": seccomp()}
+    return {"uid": os.geteuid(), "landlock_abi": landlock(), "seccomp": seccomp()}
 
 
 def set_limits(timeout_ms, cpu_before=0.0):
@@ -355,26 +393,56 @@ def flush_streams():
             pass
 
 
-def become_snippet(chan_fd, out_fd, msg, ns, first):
+def become_snippet(chan_fd, out_fd, msg, ns):
     """In a freshly forked child: set up, run `msg`'s code in `ns`, report, then exit or serve as
-    a zygote. Never returns."""
+    a zygote. Never returns. `out_fd` is this process's output memfd for its whole life."""
     try:
         signal.set_wakeup_fd(-1)
         for s in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGALRM):
             signal.signal(s, signal.SIG_DFL)
+        # Past RLIMIT_FSIZE a write fails with EFBIG (an exception the snippet reports) instead of
+        # killing the process: that is how runaway output ends.
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         devnull = os.open("/dev/null", os.O_RDWR)
         _dup2(devnull, 0)
-        if chan_fd != 3:
-            _dup2(chan_fd, 3)
-        if out_fd != 4:
-            _dup2(out_fd, 4)
-        _closerange(5, MAXFD)
-        if first:
-            drop_privileges()
+        # Through fds >= 10 first: either may sit on 3 or 4 where the other is going.
+        chan_fd, out_fd = _dupfd(chan_fd, _F_DUPFD, 10), _dupfd(out_fd, _F_DUPFD, 10)
+        _dup2(chan_fd, 3)
+        _dup2(out_fd, 4)
+        _closerange(5, MAXFD)  # the sandbox itself is inherited from the base process
         chan = socket.socket(fileno=3)
-        if run_snippet(chan, 4, msg, ns, 0.0):
+        if msg.get("want_pid"):
+            send_frame(chan, {"op": "start", "pid": _getpid()})
+        if run_snippet(chan, msg, ns, 0.0):
             zygote(chan, ns, {})
     except BaseException as e:  # noqa: BLE001 - a broken setup must still end the process
+        report_failure(e)
+    _exit(0)
+
+
+def become_base(chan_fd, out_fd):
+    """The base process, forked once by the server: sandboxed once, then a zygote of the fresh
+    interpreter state, so every root-level snippet is a plain fork of it (the server neither
+    forks its own, growing process nor repeats the sandbox set-up per snippet). Never returns."""
+    try:
+        signal.set_wakeup_fd(-1)
+        for s in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGALRM):
+            signal.signal(s, signal.SIG_DFL)
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        devnull = os.open("/dev/null", os.O_RDWR)
+        _dup2(devnull, 0)
+        chan_fd, out_fd = _dupfd(chan_fd, _F_DUPFD, 10), _dupfd(out_fd, _F_DUPFD, 10)
+        _dup2(chan_fd, 3)
+        _dup2(out_fd, 4)
+        drop_privileges()
+        _closerange(5, MAXFD)
+        _dup2(0, 1)
+        _dup2(0, 2)
+        zygote_limits()
+        gc.collect()
+        gc.freeze()
+        zygote(socket.socket(fileno=3), fresh_namespace(), {})
+    except BaseException as e:  # noqa: BLE001
         report_failure(e)
     _exit(0)
 
@@ -393,10 +461,27 @@ def cpu_used():
     return r.ru_utime + r.ru_stime
 
 
-def run_snippet(chan, out_fd, msg, ns, cpu_before):
-    """Fds: 0 /dev/null, 3 the channel, `out_fd` the output pipe (closed here). Runs the prelude
-    (output discarded) and the code (output to the pipe), reports `done`. Returns whether to stay
-    as a zygote."""
+HEAD_CAP = int(CFG.get("head_bytes", 4096))
+TAIL_CAP = int(CFG.get("tail_bytes", 4096))
+MAX_OUTPUT = int(CFG.get("max_output_bytes", 1 << 20))
+_b64, _fstat, _pread, _ftruncate, _lseek = (base64.b64encode, os.fstat, os.pread, os.ftruncate,
+                                           os.lseek)
+
+
+def captured(fd):
+    """(head, tail, total) of the output in memfd `fd`: the first HEAD_CAP bytes and the last
+    TAIL_CAP bytes after them, as the server keeps them."""
+    total = _fstat(fd).st_size
+    head = _pread(fd, min(HEAD_CAP, total), 0) if total else b""
+    start = max(len(head), total - TAIL_CAP)
+    tail = _pread(fd, total - start, start) if total > start else b""
+    return head, tail, total
+
+
+def run_snippet(chan, msg, ns, cpu_before):
+    """Fds: 0 /dev/null, 3 the channel, 4 the output memfd. Runs the prelude (output discarded)
+    and the code (stdout and stderr into the memfd), then reports `done` with the captured output
+    in one frame. Returns whether to stay as a zygote."""
     _dup2(0, 1)
     _dup2(0, 2)
     set_limits(msg["timeout_ms"], cpu_before)
@@ -405,16 +490,16 @@ def run_snippet(chan, out_fd, msg, ns, cpu_before):
     os.environ["TMPDIR"] = scratch
     if "tempfile" in sys.modules:
         sys.modules["tempfile"].tempdir = None
-    send_frame(chan, {"op": "start", "pid": _getpid()})
     prelude = msg.get("prelude")
     if prelude:
         new_streams()
         for code in prelude:
             run_code(code, ns)  # replayed ancestors: their outputs and errors were reported before
         flush_streams()
-    _dup2(out_fd, 1)
-    _dup2(out_fd, 2)
-    _close(out_fd)
+    _ftruncate(4, 0)
+    _lseek(4, 0, os.SEEK_SET)
+    _dup2(4, 1)
+    _dup2(4, 2)
     new_streams()
     t0 = _perf()
     ok, error = run_code(msg["code"], ns)
@@ -425,9 +510,19 @@ def run_snippet(chan, out_fd, msg, ns, cpu_before):
         if ok:
             ok, error = False, "cannot write the output: %s: %s" % (type(e).__name__, e)
     flush_streams()
-    _dup2(0, 1)  # the output pipe's last writer goes away: the server sees EOF
+    _dup2(0, 1)
     _dup2(0, 2)
-    send_frame(chan, {"op": "done", "ok": ok, "error": error, "ms": ms})
+    try:
+        head, tail, total = captured(4)
+        _ftruncate(4, 0)
+    except OSError as e:  # the code closed or replaced fd 4
+        head, tail, total = b"", b"", 0
+        if ok:
+            ok, error = False, "cannot read the output: %s" % e
+    if total > MAX_OUTPUT:
+        ok, error = False, "output exceeded %d bytes" % MAX_OUTPUT
+    send_frame(chan, {"op": "done", "ok": ok, "error": error, "ms": ms,
+                      "head": _b64(head).decode(), "tail": _b64(tail).decode(), "total": total})
     if msg.get("keep"):
         zygote_limits()
         return True
@@ -435,8 +530,7 @@ def run_snippet(chan, out_fd, msg, ns, cpu_before):
 
 
 def report_exit(chan, rid, pid, status):
-    # Best effort: the server may already have closed this channel (it hands the process to an
-    # in-place child and stops listening here); a lost report must not end the zygote.
+    # Best effort: a lost report must not end the zygote.
     try:
         send_frame(chan, {"op": "exit", "rid": rid, "pid": pid, "status": status})
     except OSError:
@@ -444,52 +538,62 @@ def report_exit(chan, rid, pid, status):
 
 
 def zygote(chan, ns, children):
-    """Serve `run` requests: fork a child that continues from `ns`, or, for the last child
-    (`inplace`), run it in this process, whose state nobody else needs any more. Exits at EOF."""
+    """Serve `run` requests on the process's channel: fork a child that continues from `ns`
+    (the frame carries the child's channel and output memfd), or, for the last child (`inplace`,
+    no fds), run it in this process, whose state nobody else needs any more. Exits at EOF.
+    `children`: pidfd (or a placeholder key without pidfds) -> (pid, rid)."""
+    poller = select.poll()
+    cfd = chan.fileno()
+    poller.register(cfd, select.POLLIN)
     while True:
         try:
-            ready, _, _ = _select([chan] + list(children), [], [], None if _pidfd_open else 0.05)
+            events = poller.poll(None if _pidfd_open else 50)
         except InterruptedError:
             continue
         if not _pidfd_open:
-            for fd in list(children):
-                pid, rid = children[fd]
+            for key in list(children):
+                pid, rid = children[key]
                 done, status = _waitpid(pid, os.WNOHANG)
                 if done:
-                    del children[fd]
+                    del children[key]
                     report_exit(chan, rid, pid, status)
-        for fd in ready:
-            if fd is chan:
+        for fd, _ev in events:
+            if fd == cfd:
                 msg, fds = recv_frame(chan)
                 if msg is None or msg.get("op") == "exit":
                     _exit(0)
-                if msg.get("op") != "run" or len(fds) != 2:
+                if msg.get("op") != "run":
                     for f in fds:
                         _close(f)
                     continue
                 if msg.get("inplace"):
+                    for f in fds:
+                        _close(f)
                     try:
-                        chan.detach()  # the old object must not close fd 3 once it is replaced
-                        _dup2(fds[0], 3)
-                        _close(fds[0])
-                        chan = socket.socket(fileno=3)
-                        # The output pipe stays where it arrived: fixed low fds may hold the
-                        # pidfds of children this process forked earlier.
-                        if not run_snippet(chan, fds[1], msg, ns, cpu_used()):
+                        if not run_snippet(chan, msg, ns, cpu_used()):
                             _exit(0)
                     except BaseException as e:  # noqa: BLE001
                         report_failure(e)
                         _exit(0)
                     break
+                if len(fds) != 2:
+                    for f in fds:
+                        _close(f)
+                    continue
                 pid = _fork()
                 if pid == 0:
-                    become_snippet(fds[0], fds[1], msg, ns, False)
+                    become_snippet(fds[0], fds[1], msg, ns)
                 for f in fds:
                     _close(f)
-                key = _pidfd_open(pid) if _pidfd_open else len(children) + 1000000
+                if _pidfd_open:
+                    key = _pidfd_open(pid)
+                    poller.register(key, select.POLLIN)
+                else:
+                    key = -pid
                 children[key] = (pid, msg["rid"])
-            elif isinstance(fd, int):
+            elif fd in children:
                 pid, rid = children.pop(fd)
+                poller.unregister(fd)
                 _close(fd)
                 try:
                     _, status = _waitpid(pid, 0)
@@ -516,23 +620,24 @@ class Rec:
 
 
 class Zyg:
-    __slots__ = ("rid", "pid", "sock", "buf")
+    """A kept process: its channel (registered with the selector for its whole life), the server's
+    handle on its output memfd, and any partial frame read from it."""
+    __slots__ = ("rid", "pid", "sock", "memfd", "buf")
 
-    def __init__(self, rid, pid, sock):
-        self.rid, self.pid, self.sock, self.buf = rid, pid, sock, b""
+    def __init__(self, rid, pid, sock, memfd, buf=b""):
+        self.rid, self.pid, self.sock, self.memfd, self.buf = rid, pid, sock, memfd, buf
 
 
 class Run:
-    __slots__ = ("rid", "pid", "sock", "out", "head", "tail", "total", "t0", "deadline", "done",
-                 "eof", "status", "buf", "eof_at", "ended")
+    __slots__ = ("rid", "pid", "sock", "memfd", "t0", "deadline", "done", "eof", "status", "buf",
+                 "eof_at", "ended")
 
-    def __init__(self, rid, sock, out, timeout_s):
-        self.rid, self.sock, self.out, self.pid = rid, sock, out, None
-        self.head, self.tail, self.total = bytearray(), bytearray(), 0
+    def __init__(self, rid, sock, memfd, timeout_s, buf=b""):
+        self.rid, self.sock, self.memfd, self.pid = rid, sock, memfd, None
         self.t0 = time.monotonic()
         self.deadline = self.t0 + timeout_s
         self.done = self.status = self.eof_at = None
-        self.eof, self.buf, self.ended = False, b"", False
+        self.eof, self.buf, self.ended = False, buf, False
 
 
 SIGNAMES = {getattr(signal, n): n for n in dir(signal) if n.startswith("SIG") and "_" not in n}
@@ -564,7 +669,6 @@ class Server:
         self.recs = {}
         self.ready = collections.deque()
         self.runs = {}       # channel fd -> Run
-        self.by_out = {}     # output fd -> Run
         self.by_pid = {}     # pid -> Run
         self.zygs = collections.OrderedDict()  # rid -> Zyg (LRU order)
         self.zyg_pids = {}
@@ -576,9 +680,6 @@ class Server:
         self.counter = 0
         self.max_running = max(1, int(CFG.get("max_running", 2)))
         self.max_states = max(0, int(CFG.get("max_states", 256)))
-        self.head_cap = int(CFG.get("head_bytes", 4096))
-        self.tail_cap = int(CFG.get("tail_bytes", 4096))
-        self.max_output = int(CFG.get("max_output_bytes", 1 << 20))
         self.stdin_open = True
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
@@ -588,6 +689,41 @@ class Server:
         os.set_blocking(0, False)
         self.sel.register(0, selectors.EVENT_READ, "stdin")
         self.sel.register(self.wake_r, selectors.EVENT_READ, "wake")
+        self.base = None  # the base process (a Zyg without a rid), see become_base
+        self.base_process()
+
+    def base_process(self):
+        """The live base process, started if needed."""
+        if self.base is not None:
+            return self.base
+        s_end, c_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        memfd = os.memfd_create("base", os.MFD_CLOEXEC)
+        pid = _fork()
+        if pid == 0:
+            s_end.close()
+            become_base(c_end.fileno(), memfd)
+        c_end.close()
+        _close(memfd)
+        s_end.setblocking(False)
+        self.base = Zyg(None, pid, s_end, -1)
+        self.sel.register(s_end, selectors.EVENT_READ, "base")
+        return self.base
+
+    def drop_base(self):
+        b, self.base = self.base, None
+        if b is not None:
+            self.close_proc(b.sock, -1, b.pid, kill=True)
+
+    def on_base(self):
+        b = self.base
+        if b is None:
+            return
+        frames, b.buf, eof = self.read_frames(b.sock, b.buf)
+        for m in frames:
+            if isinstance(m, dict) and m.get("op") == "exit":
+                self.on_frame(None, m)
+        if eof:
+            self.drop_base()
 
     # -- Rust side --------------------------------------------------------------------------
 
@@ -680,6 +816,7 @@ class Server:
 
     def start(self, rid):
         rec = self.recs[rid]
+        attempts = 0
         while True:
             base, prelude, error, cause = self.plan(rec)
             if error is not None:
@@ -699,46 +836,55 @@ class Server:
             inplace = base is not None and self.recs[base.rid].keep == 1
             msg = {"op": "run", "rid": rid, "code": rec.code, "prelude": prelude,
                    "keep": rec.keep != 0, "timeout_ms": rec.timeout_ms, "scratch": scratch,
-                   "inplace": inplace}
-            s_end, c_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-            out_r, out_w = os.pipe()
-            if base is None:
-                pid = _fork()
-                if pid == 0:
-                    s_end.close()
-                    _close(out_r)
-                    become_snippet(c_end.fileno(), out_w, msg, fresh_namespace(), True)
-            else:
+                   "inplace": inplace, "want_pid": not inplace}
+            timeout_s = rec.timeout_ms / 1000.0 * (1 + len(prelude))
+            if inplace:
+                # The zygote's own process and channel (already registered) become this run's.
+                sock, memfd, buf, pid = base.sock, base.memfd, base.buf, base.pid
+                self.forget_zygote(self.recs[base.rid])
                 try:
-                    base.sock.settimeout(2.0)
-                    send_frame(base.sock, msg, [c_end.fileno(), out_w])
-                    base.sock.setblocking(False)
-                    pid = None
+                    sock.settimeout(2.0)
+                    send_frame(sock, msg)
+                    sock.setblocking(False)
+                except OSError:
+                    self.close_proc(sock, memfd, pid, kill=True)
+                    shutil.rmtree(scratch, ignore_errors=True)
+                    continue
+            else:
+                s_end, c_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+                memfd = os.memfd_create("out", os.MFD_CLOEXEC)
+                # Forked by the parent's zygote, or, at the root, by the base process.
+                forker = base if base is not None else self.base_process()
+                pid = None  # the child reports it in its first frame
+                try:
+                    forker.sock.settimeout(2.0)
+                    send_frame(forker.sock, msg, [c_end.fileno(), memfd])
+                    forker.sock.setblocking(False)
                 except OSError:
                     # The zygote is gone or stuck: drop it and plan again from further up.
                     for c in (s_end, c_end):
                         c.close()
-                    for f in (out_r, out_w):
-                        _close(f)
+                    _close(memfd)
                     shutil.rmtree(scratch, ignore_errors=True)
-                    self.drop_zygote(self.recs[base.rid], kill=True)
+                    attempts += 1
+                    if base is not None:
+                        self.drop_zygote(self.recs[base.rid], kill=True)
+                    else:
+                        self.drop_base()
+                        if attempts > 3:
+                            self.finish_without_run(rec, "the executor's base process fails "
+                                                    "to start")
+                            return
                     continue
-            c_end.close()
-            _close(out_w)
-            timeout_s = rec.timeout_ms / 1000.0 * (1 + len(prelude))
-            run = Run(rid, s_end, out_r, timeout_s)
-            if inplace:
-                pid = base.pid
-                self.drop_zygote(self.recs[base.rid])  # the process is this run's now
+                c_end.close()
+                sock, buf = s_end, b""
+                sock.setblocking(False)
+                self.sel.register(sock, selectors.EVENT_READ, "chan")
+            run = Run(rid, sock, memfd, timeout_s, buf)
             run.pid = pid
             if pid is not None:
                 self.by_pid[pid] = run
-            s_end.setblocking(False)
-            os.set_blocking(out_r, False)
-            self.runs[s_end.fileno()] = run
-            self.by_out[out_r] = run
-            self.sel.register(s_end, selectors.EVENT_READ, "chan")
-            self.sel.register(out_r, selectors.EVENT_READ, "out")
+            self.runs[sock.fileno()] = run
             rec.status = "running"
             self.scratch[rid] = scratch
             if base is not None:
@@ -780,8 +926,11 @@ class Server:
         return frames, buf, False
 
     def on_chan(self, key):
+        """A process channel: a running snippet's or a zygote's (the same socket serves both in
+        turn, registered once)."""
         run = self.runs.get(key.fd)
         if run is None:
+            self.on_zyg(key)
             return
         frames, run.buf, eof = self.read_frames(run.sock, run.buf)
         for m in frames:
@@ -794,10 +943,11 @@ class Server:
 
     def on_frame(self, run, m):
         op = m.get("op") if isinstance(m, dict) else None
-        if op == "start" and run.pid is None and isinstance(m.get("pid"), int):
+        if op == "start" and run is not None and run.pid is None and isinstance(m.get("pid"),
+                                                                                 int):
             run.pid = m["pid"]
             self.by_pid[run.pid] = run
-        elif op == "done" and run.done is None:
+        elif op == "done" and run is not None and run.done is None:
             run.done = m
         elif op == "exit":
             # A zygote reports a child's exit status.
@@ -824,45 +974,6 @@ class Server:
             if r.rid == rid:
                 return r
         return None
-
-    def on_out(self, key):
-        run = self.by_out.get(key.fd)
-        if run is None:
-            return
-        self.drain(run)
-        self.maybe_finish(run)
-
-    def drain(self, run):
-        while run.out is not None:
-            try:
-                data = _read(run.out, 1 << 16)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                data = b""
-            if not data:
-                self.close_out(run)
-                return
-            run.total += len(data)
-            room = self.head_cap - len(run.head)
-            if room > 0:
-                run.head += data[:room]
-                data = data[room:]
-            if data:
-                run.tail += data
-                if len(run.tail) > self.tail_cap:
-                    del run.tail[: len(run.tail) - self.tail_cap]
-            if run.total > self.max_output:
-                self.kill(run)
-                self.finish(run, False, "output exceeded %d bytes" % self.max_output)
-                return
-
-    def close_out(self, run):
-        if run.out is not None:
-            self.sel.unregister(run.out)
-            del self.by_out[run.out]
-            _close(run.out)
-            run.out = None
 
     def on_wake(self):
         try:
@@ -891,16 +1002,11 @@ class Server:
         if run.ended:
             return
         if run.done is not None:
-            self.drain(run)
-            if run.ended:
-                return
             d = run.done
             self.finish(run, bool(d.get("ok")), d.get("error"), d.get("ms"))
         elif run.eof and run.status is not None:
-            self.drain(run)
-            if not run.ended:
-                rec = self.recs[run.rid]
-                self.finish(run, False, explain_status(run.status, rec.timeout_ms))
+            rec = self.recs[run.rid]
+            self.finish(run, False, explain_status(run.status, rec.timeout_ms))
 
     def kill(self, run):
         if run.pid is None:
@@ -934,29 +1040,36 @@ class Server:
             return
         run.ended = True
         rec = self.recs[run.rid]
-        self.close_out(run)
         fd = run.sock.fileno()
         self.runs.pop(fd, None)
         if run.pid is not None:
             self.by_pid.pop(run.pid, None)
-        try:
-            self.sel.unregister(run.sock)
-        except (KeyError, ValueError):
-            pass
         completed = run.done is not None
-        keep = completed and rec.keep != 0 and not rec.released and self.max_states > 0
-        if keep and run.pid is not None:
-            z = Zyg(rec.rid, run.pid, run.sock)
+        if completed:
+            d = run.done
+            head, tail, total = d.get("head", ""), d.get("tail", ""), d.get("total", 0)
+        else:
+            # Killed or crashed: what it wrote so far is still in the memfd.
+            try:
+                h, t, total = captured(run.memfd)
+            except OSError:
+                h, t, total = b"", b"", 0
+            head, tail = _b64(h).decode(), _b64(t).decode()
+            if total > MAX_OUTPUT and not error:
+                error = "output exceeded %d bytes" % MAX_OUTPUT
+        keep = (completed and not run.eof and rec.keep != 0 and not rec.released
+                and self.max_states > 0 and run.pid is not None)
+        if keep:
+            z = Zyg(rec.rid, run.pid, run.sock, run.memfd, run.buf)
             rec.zyg = z
             self.zygs[rec.rid] = z
             self.zyg_pids[run.pid] = rec.rid
-            self.zyg_fds[run.sock.fileno()] = z
-            self.sel.register(run.sock, selectors.EVENT_READ, "zyg")
+            self.zyg_fds[fd] = z
             while len(self.zygs) > self.max_states:
                 _, old = self.zygs.popitem(last=False)
                 self.drop_zygote(self.recs[old.rid])
         else:
-            run.sock.close()
+            self.close_proc(run.sock, run.memfd, None, registered=not run.eof)
         if ms is None:
             ms = (time.monotonic() - run.t0) * 1000.0
         rec.status, rec.has_state, rec.error = "done", completed, error
@@ -967,10 +1080,8 @@ class Server:
                 os.rmdir(scratch)
             except OSError:
                 shutil.rmtree(scratch, ignore_errors=True)
-        self.reply({"rid": rec.rid, "ok": ok, "error": error, "ms": ms,
-                    "head": base64.b64encode(bytes(run.head)).decode(),
-                    "tail": base64.b64encode(bytes(run.tail)).decode(),
-                    "total": run.total, "kept": rec.zyg is not None})
+        self.reply({"rid": rec.rid, "ok": ok, "error": error, "ms": ms, "head": head,
+                    "tail": tail, "total": total, "kept": rec.zyg is not None})
         self.after_done(rec)
 
     def after_done(self, rec):
@@ -980,27 +1091,42 @@ class Server:
         if rec.released and rec.zyg is None:
             self.recs.pop(rec.rid, None)
 
-    def drop_zygote(self, rec, kill=False):
+    def close_proc(self, sock, memfd, pid, kill=False, registered=True):
+        """Let go of a process: EOF on its channel ends a zygote; `kill` for a stuck one."""
+        if registered:
+            try:
+                self.sel.unregister(sock)
+            except (KeyError, ValueError):
+                pass
+        if kill and pid is not None and (REPORT["pid_ns"] or self.is_descendant(pid)):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        try:
+            sock.close()
+        except OSError:
+            pass
+        if memfd >= 0:
+            try:
+                _close(memfd)
+            except OSError:
+                pass
+
+    def forget_zygote(self, rec):
+        """The zygote's process is handed to a run: stop tracking it as a zygote."""
         z = rec.zyg
-        if z is None:
-            return
         rec.zyg = None
         self.zygs.pop(rec.rid, None)
         self.zyg_pids.pop(z.pid, None)
         self.zyg_fds.pop(z.sock.fileno(), None)
-        try:
-            self.sel.unregister(z.sock)
-        except (KeyError, ValueError):
-            pass
-        if kill and (REPORT["pid_ns"] or self.is_descendant(z.pid)):
-            try:
-                os.kill(z.pid, signal.SIGKILL)
-            except OSError:
-                pass
-        try:
-            z.sock.close()  # EOF: the zygote exits
-        except OSError:
-            pass
+
+    def drop_zygote(self, rec, kill=False):
+        z = rec.zyg
+        if z is None:
+            return
+        self.forget_zygote(rec)
+        self.close_proc(z.sock, z.memfd, z.pid, kill=kill)
 
     def check_deadlines(self):
         now = time.monotonic()
@@ -1039,10 +1165,8 @@ class Server:
                     self.on_wake()
                 elif kind == "chan":
                     self.on_chan(key)
-                elif kind == "out":
-                    self.on_out(key)
-                elif kind == "zyg":
-                    self.on_zyg(key)
+                elif kind == "base":
+                    self.on_base()
             self.on_wake()
             self.check_deadlines()
             self.flush_replies()
@@ -1093,6 +1217,9 @@ def main():
         mount_proc()
     else:
         LIBC.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    global LANDLOCK, SECCOMP
+    LANDLOCK = landlock_ruleset(CFG["scratch"])
+    SECCOMP = seccomp_program()
     gc.collect()
     gc.freeze()  # forked snippets then leave the preloaded objects' pages shared
     # Probe the layers a snippet will get, in a throwaway child.
@@ -1136,6 +1263,7 @@ def main():
     server.loop()
     for z in list(server.zygs.values()):
         server.drop_zygote(server.recs[z.rid], kill=True)
+    server.drop_base()
 
 
 if __name__ == "__main__":

@@ -58,6 +58,7 @@ pub fn server_config(cfg: &ExecConfig, scratch: &Path) -> Value {
         "max_running": cfg.max_running,
         "max_states": cfg.max_states,
         "max_output_bytes": cfg.max_output_bytes,
+        "scratch_mb": cfg.scratch_mb,
         "preload": cfg.preload,
         "namespaces": sb.namespaces,
         "landlock": sb.landlock,
