@@ -353,3 +353,72 @@ fn a_thousand_snippets_in_one_run() {
         assert_eq!(&res.stdout, want, "{}", sn.id);
     }
 }
+
+#[test]
+fn crashed_and_killed_snippets_keep_the_output_they_wrote() {
+    let Some(mut p) = pool(ExecConfig {
+        timeout: Duration::from_millis(1500),
+        ..small()
+    }) else {
+        return;
+    };
+    let r = p.run_batch(&[
+        s(
+            "exit",
+            "import os, sys\nprint('before exit')\nsys.stdout.flush()\nos._exit(3)",
+            None,
+        ),
+        s(
+            "loop",
+            "import sys\nprint('before loop')\nsys.stdout.flush()\nwhile True:\n    pass",
+            None,
+        ),
+        // A path whose in-place step crashes: the output of that step, not its parent's.
+        s("parent", "print('parent out')", None).keep(Keep::Children(1)),
+        s(
+            "child",
+            "import os, sys\nprint('child out')\nsys.stdout.flush()\nos._exit(4)",
+            Some("parent"),
+        ),
+    ]);
+    assert!(!r[0].ok && r[0].stdout == "before exit\n", "{:?}", r[0]);
+    assert!(r[0].error.as_deref().unwrap().contains("status 3"));
+    assert!(!r[1].ok && r[1].stdout == "before loop\n", "{:?}", r[1]);
+    assert!(r[1].error.as_deref().unwrap().contains("timed out"));
+    assert!(r[2].ok && r[2].stdout == "parent out\n", "{:?}", r[2]);
+    assert!(!r[3].ok && r[3].stdout == "child out\n", "{:?}", r[3]);
+    assert!(r[3].error.as_deref().unwrap().contains("status 4"));
+}
+
+#[test]
+fn files_are_capped_by_the_scratch_size_and_removed_afterwards() {
+    let Some(mut p) = pool(ExecConfig {
+        scratch_mb: 8,
+        workers: 1,
+        max_running: 1,
+        ..small()
+    }) else {
+        return;
+    };
+    if p.sandbox().get("scratch_tmpfs_mb").is_none() {
+        eprintln!(
+            "SKIP scratch cap: no mount namespace here ({:?})",
+            p.sandbox()
+        );
+        return;
+    }
+    let r = p.run_batch(&[
+        s(
+            "small",
+            "open('a.bin', 'wb').write(b'x' * (4 << 20))\nimport os\nprint(os.listdir('.'))",
+            None,
+        ),
+        s("big", "open('b.bin', 'wb').write(b'x' * (12 << 20))", None),
+        s("after", "import os\nprint(os.listdir('.'))", None),
+    ]);
+    assert!(r[0].ok && r[0].stdout == "['a.bin']\n", "{:?}", r[0]);
+    let err = r[1].error.as_deref().unwrap_or("");
+    assert!(!r[1].ok && err.contains("No space left"), "{:?}", r[1]);
+    // Each snippet starts in an empty directory, and the space came back.
+    assert!(r[2].ok && r[2].stdout == "[]\n", "{:?}", r[2]);
+}
