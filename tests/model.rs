@@ -347,3 +347,45 @@ fn tempdir(tag: &str) -> PathBuf {
 fn _assert_send(p: LocalPolicy) -> Arc<Mutex<dyn Policy>> {
     Arc::new(Mutex::new(p))
 }
+
+#[test]
+fn ppm_prefix_cache_reuses_scored_parents_and_scores_the_same() {
+    let p = policy().lock().unwrap();
+    let cached = Ppm::new(p.model().clone(), p.tokenizer().clone(), "smollm2-135m", 5);
+    let plain = Ppm::new(p.model().clone(), p.tokenizer().clone(), "smollm2-135m", 5);
+    plain.set_prefix_cache_bytes(0);
+    let qs = questions(2);
+    // A search's pattern: each round scores the children of nodes scored the round before.
+    let steps = [
+        "Let's count the eggs.\n```python\neggs = 16\n```\n```output\n\n```\n",
+        "She eats three.\n```python\nleft = eggs - 3\nprint(left)\n```\n```output\n13\n```\n",
+        "The answer is \\boxed{13}.",
+    ];
+    let mut partial = vec![String::new(); qs.len()];
+    for step in steps {
+        let mut texts = Vec::new();
+        for sibling in ["", "Alternatively, "] {
+            for (qi, q) in qs.iter().enumerate() {
+                texts.push((q.clone(), format!("{}{sibling}{step}", partial[qi])));
+            }
+        }
+        let items: Vec<(&str, &str)> = texts
+            .iter()
+            .map(|(q, t)| (q.as_str(), t.as_str()))
+            .collect();
+        let a = cached.score(&items).unwrap();
+        let b = plain.score(&items).unwrap();
+        for (x, y) in a.iter().zip(&b) {
+            assert!((x - y).abs() < 1e-5, "cached {a:?} vs plain {b:?}");
+        }
+        for (qi, _) in qs.iter().enumerate() {
+            partial[qi].push_str(step);
+        }
+    }
+    let (c, n) = (cached.stats(), plain.stats());
+    assert_eq!(n.reused_tokens, 0);
+    assert!(
+        c.reused_tokens * 2 > c.tokens,
+        "the cache should serve most tokens of a growing search: {c:?}"
+    );
+}

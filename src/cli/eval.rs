@@ -299,6 +299,10 @@ pub(crate) fn run_eval(a: &EvalArgs, quiet: bool) -> Result<serde_json::Value> {
                 "grade": share(st.grade_secs),
             });
             summary["search_stats"] = serde_json::to_value(st)?;
+            if let Some(ppm) = &runner.ppm {
+                // This run's PPM work: texts, tokens, and tokens served by its prefix cache.
+                summary["ppm_stats"] = serde_json::to_value(ppm.stats())?;
+            }
         }
     }
     write_atomic(

@@ -22,6 +22,7 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 use candle_transformers::generation::{LogitsProcessor, Sampling};
 
+use super::prefix_cache::PrefixCache;
 use super::tokenizer::{IncrementalDecoder, Tokenizer};
 use super::transformer::{read_gguf, KvCache, Output, Segment, Transformer, WeightMode};
 use super::{Completion, FinishReason, ModelError, Policy, SamplingParams};
@@ -62,71 +63,6 @@ pub struct LocalPolicy {
     /// solution, whose prompt is the previous prompt plus the step just generated).
     prefix_cache: PrefixCache,
     stats: GenStats,
-}
-
-/// Recently computed KV caches keyed by their tokens, least recently used evicted first.
-struct PrefixCache {
-    entries: Vec<CacheEntry>,
-    /// Most bytes of KV held by entries (their own buffers; shared prefixes counted once).
-    budget: usize,
-    clock: u64,
-}
-
-struct CacheEntry {
-    tokens: Vec<u32>,
-    cache: Arc<KvCache>,
-    bytes: usize,
-    used: u64,
-}
-
-impl PrefixCache {
-    /// The entry sharing the longest prefix with `tokens`, and that length (at most
-    /// `tokens.len() - 1`: the last prompt token must run to give the next-token logits).
-    fn lookup(&mut self, tokens: &[u32]) -> Option<(Arc<KvCache>, usize)> {
-        let cap = tokens.len().saturating_sub(1);
-        let mut best: Option<(usize, usize)> = None;
-        for (i, e) in self.entries.iter().enumerate() {
-            let l = e
-                .tokens
-                .iter()
-                .zip(tokens)
-                .take_while(|(a, b)| a == b)
-                .count()
-                .min(cap);
-            if l > 0 && best.is_none_or(|(_, bl)| l > bl) {
-                best = Some((i, l));
-            }
-        }
-        let (i, l) = best?;
-        self.clock += 1;
-        self.entries[i].used = self.clock;
-        Some((self.entries[i].cache.clone(), l))
-    }
-
-    fn insert(&mut self, tokens: Vec<u32>, cache: Arc<KvCache>) {
-        if self.budget == 0 || tokens.is_empty() {
-            return;
-        }
-        self.clock += 1;
-        // An entry that this one extends is now redundant for lookups.
-        self.entries
-            .retain(|e| !(e.tokens.len() <= tokens.len() && tokens.starts_with(&e.tokens)));
-        let bytes = cache.own_bytes();
-        self.entries.push(CacheEntry {
-            tokens,
-            cache,
-            bytes,
-            used: self.clock,
-        });
-        while self.entries.iter().map(|e| e.bytes).sum::<usize>() > self.budget
-            && self.entries.len() > 1
-        {
-            let oldest = (0..self.entries.len())
-                .min_by_key(|&i| self.entries[i].used)
-                .unwrap_or(0);
-            self.entries.swap_remove(oldest);
-        }
-    }
 }
 
 impl LocalPolicy {
@@ -170,11 +106,7 @@ impl LocalPolicy {
             max_batch: 64,
             max_group: 512,
             ignore_eos: false,
-            prefix_cache: PrefixCache {
-                entries: Vec::new(),
-                budget: 1 << 30,
-                clock: 0,
-            },
+            prefix_cache: PrefixCache::new(1 << 30),
             stats: GenStats::default(),
         }
     }
@@ -205,10 +137,7 @@ impl LocalPolicy {
 
     /// Sets the prefix cache's budget in bytes of KV (0 turns reuse off); default 1 GiB.
     pub fn set_prefix_cache_bytes(&mut self, bytes: usize) {
-        self.prefix_cache.budget = bytes;
-        if bytes == 0 {
-            self.prefix_cache.entries.clear();
-        }
+        self.prefix_cache.set_budget(bytes);
     }
 
     /// Prefills `prompts` (token ids) and returns each prompt's frozen cache and last-token
@@ -238,7 +167,7 @@ impl LocalPolicy {
                 .prefix_cache
                 .lookup(&prompts[0][..common + 1])
                 .map_or(0, |(_, l)| l);
-            if common >= 16 && covered < common && self.prefix_cache.budget > 0 {
+            if common >= 16 && covered < common && self.prefix_cache.budget() > 0 {
                 let mut head = match self.prefix_cache.lookup(&prompts[0][..common]) {
                     Some((shared, len)) => KvCache::fork_prefix(&shared, len),
                     None => self.model.new_cache(),

@@ -11,6 +11,7 @@
 pub mod generate;
 pub mod openai;
 pub mod ppm;
+pub mod prefix_cache;
 pub mod qmatmul;
 pub mod tokenizer;
 pub mod transformer;

@@ -15,13 +15,14 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
+use super::prefix_cache::PrefixCache;
 use super::tokenizer::Tokenizer;
-use super::transformer::{Output, Segment, Transformer};
+use super::transformer::{KvCache, Output, Segment, Transformer};
 use super::ModelError;
 
 const FORMAT: &str = "rstar-gpu-ppm";
@@ -52,6 +53,21 @@ pub struct Ppm {
     head_b: f32,
     /// Most tokens per forward call while scoring.
     pub chunk_tokens: usize,
+    /// Keys and values of recently scored texts: a partial solution that extends a scored one
+    /// (a new node under its scored parent, a question already seen) runs only its new tokens.
+    prefix_cache: Mutex<PrefixCache>,
+    stats: Mutex<PpmStats>,
+}
+
+/// What scoring has cost so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct PpmStats {
+    /// Texts scored.
+    pub texts: usize,
+    /// Their tokens, all of them.
+    pub tokens: usize,
+    /// Tokens whose keys and values came from the prefix cache instead of the backbone.
+    pub reused_tokens: usize,
 }
 
 impl Ppm {
@@ -81,6 +97,8 @@ impl Ppm {
             head_w,
             head_b: 0.0,
             chunk_tokens: 2048,
+            prefix_cache: Mutex::new(PrefixCache::new(1 << 30)),
+            stats: Mutex::new(PpmStats::default()),
         }
     }
 
@@ -242,7 +260,18 @@ impl Ppm {
         s
     }
 
-    /// Final-norm hidden states of the last token of each text, `[texts, d_model]` f32.
+    /// Sets the prefix cache's budget in bytes of KV (0 turns reuse off); default 1 GiB.
+    pub fn set_prefix_cache_bytes(&self, bytes: usize) {
+        lock(&self.prefix_cache).set_budget(bytes);
+    }
+
+    /// Texts, tokens and reused tokens scored so far.
+    pub fn stats(&self) -> PpmStats {
+        *lock(&self.stats)
+    }
+
+    /// Final-norm hidden states of the last token of each text, `[texts, d_model]` f32. Each
+    /// text continues the longest cached prefix of its tokens, so only its new tokens run.
     pub fn hidden(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, ModelError> {
         let ctx = self.backbone.config().context_length;
         let mut ids = Vec::with_capacity(texts.len());
@@ -256,21 +285,43 @@ impl Ppm {
             }
             ids.push(tok);
         }
+        let mut caches: Vec<KvCache> = Vec::with_capacity(ids.len());
+        let mut from = Vec::with_capacity(ids.len());
+        {
+            let mut pc = lock(&self.prefix_cache);
+            for tokens in &ids {
+                match pc.lookup(tokens) {
+                    Some((shared, len)) => {
+                        caches.push(KvCache::fork_prefix(&shared, len));
+                        from.push(len);
+                    }
+                    None => {
+                        caches.push(self.backbone.new_cache());
+                        from.push(0);
+                    }
+                }
+            }
+        }
         let mut out = Vec::with_capacity(texts.len());
         let mut start = 0;
         while start < ids.len() {
-            // Items go whole into a call (no cache is kept between calls), as many as fit.
+            // As many items' new tokens per call as fit in `chunk_tokens` (at least one item).
             let mut end = start;
             let mut total = 0;
-            while end < ids.len() && (end == start || total + ids[end].len() <= self.chunk_tokens) {
-                total += ids[end].len();
+            while end < ids.len()
+                && (end == start || total + ids[end].len() - from[end] <= self.chunk_tokens)
+            {
+                total += ids[end].len() - from[end];
                 end += 1;
             }
-            let mut caches: Vec<_> = (start..end).map(|_| self.backbone.new_cache()).collect();
-            let mut segs: Vec<Segment<'_>> = caches
+            let mut segs: Vec<Segment<'_>> = caches[start..end]
                 .iter_mut()
                 .zip(&ids[start..end])
-                .map(|(cache, tokens)| Segment { tokens, cache })
+                .zip(&from[start..end])
+                .map(|((cache, tokens), &f)| Segment {
+                    tokens: &tokens[f..],
+                    cache,
+                })
                 .collect();
             let h = self.backbone.forward(&mut segs, Output::Hidden)?;
             for row in h.to_vec2::<f32>()? {
@@ -278,11 +329,40 @@ impl Ppm {
             }
             start = end;
         }
+        let mut pc = lock(&self.prefix_cache);
+        let mut st = lock(&self.stats);
+        for ((tokens, cache), f) in ids.into_iter().zip(caches).zip(from) {
+            st.texts += 1;
+            st.tokens += tokens.len();
+            st.reused_tokens += f;
+            pc.insert(tokens, Arc::new(cache));
+        }
         Ok(out)
     }
 
     /// Scores `(question, partial_solution)` pairs in one batch; each score is in [-1, 1].
     pub fn score(&self, items: &[(&str, &str)]) -> Result<Vec<f32>, ModelError> {
+        // A question not seen before: its prompt runs once, alone, so that every item of it
+        // continues the prompt's cache instead of each recomputing it.
+        if lock(&self.prefix_cache).budget() > 0 {
+            let mut fresh: Vec<String> = Vec::new();
+            for (q, _) in items {
+                let prompt = self.input_text(q, "");
+                if fresh.contains(&prompt) {
+                    continue;
+                }
+                let tokens = self.tokenizer.encode(&prompt)?;
+                let covered = lock(&self.prefix_cache)
+                    .lookup(&tokens)
+                    .map_or(0, |(_, l)| l);
+                if tokens.len() >= 16 && covered + 1 < tokens.len() {
+                    fresh.push(prompt);
+                }
+            }
+            if !fresh.is_empty() {
+                self.hidden(&fresh)?;
+            }
+        }
         let texts: Vec<String> = items.iter().map(|(q, p)| self.input_text(q, p)).collect();
         let hidden = self.hidden(&texts)?;
         Ok(hidden.iter().map(|h| self.head_value(h)).collect())
@@ -293,4 +373,10 @@ impl Ppm {
         let z: f32 = h.iter().zip(&self.head_w).map(|(a, b)| a * b).sum::<f32>() + self.head_b;
         z.tanh()
     }
+}
+
+/// A poisoned lock only means another thread panicked mid-update of a cache or counters; both
+/// stay usable (a cache entry is inserted whole or not at all).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
