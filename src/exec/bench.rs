@@ -135,10 +135,7 @@ pub fn run_baseline(
     trajs: &[Vec<String>],
     workers: usize,
 ) -> Result<BaselineRun, String> {
-    let depth = trajs.first().map_or(0, Vec::len);
-    let rounds: Vec<Vec<String>> = (0..depth)
-        .map(|d| trajs.iter().map(|steps| steps[..=d].concat()).collect())
-        .collect();
+    let rounds = per_round(trajs, |steps, d| steps[..=d].concat());
     run_program(
         python,
         serde_json::json!({"workers": workers, "rounds": rounds}),
@@ -153,14 +150,22 @@ pub fn run_roofline(
     trajs: &[Vec<String>],
     workers: usize,
 ) -> Result<BaselineRun, String> {
-    let depth = trajs.first().map_or(0, Vec::len);
-    let rounds: Vec<Vec<String>> = (0..depth)
-        .map(|d| trajs.iter().map(|steps| steps[d].clone()).collect())
-        .collect();
+    let rounds = per_round(trajs, |steps, d| steps[d].clone());
     run_program(
         python,
         serde_json::json!({"workers": workers, "rounds": rounds, "mode": "incremental"}),
     )
+}
+
+/// `[round][path]` programs: `program(path's steps, d)` for each depth d.
+fn per_round(
+    trajs: &[Vec<String>],
+    program: impl Fn(&[String], usize) -> String,
+) -> Vec<Vec<String>> {
+    let depth = trajs.first().map_or(0, Vec::len);
+    (0..depth)
+        .map(|d| trajs.iter().map(|steps| program(steps, d)).collect())
+        .collect()
 }
 
 fn run_program(python: &Path, req: serde_json::Value) -> Result<BaselineRun, String> {

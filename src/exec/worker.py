@@ -393,22 +393,28 @@ def flush_streams():
             pass
 
 
+def child_fds(chan_fd, out_fd):
+    """In a freshly forked child: default signals, /dev/null on 0, the channel on 3 and the
+    output memfd on 4 (the layout every snippet process keeps)."""
+    signal.set_wakeup_fd(-1)
+    for s in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGALRM):
+        signal.signal(s, signal.SIG_DFL)
+    # Past RLIMIT_FSIZE a write fails with EFBIG (an exception the snippet reports) instead of
+    # killing the process: that is how runaway output ends.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    devnull = os.open("/dev/null", os.O_RDWR)
+    _dup2(devnull, 0)
+    # Through fds >= 10 first: either may sit on 3 or 4 where the other is going.
+    chan_fd, out_fd = _dupfd(chan_fd, _F_DUPFD, 10), _dupfd(out_fd, _F_DUPFD, 10)
+    _dup2(chan_fd, 3)
+    _dup2(out_fd, 4)
+
+
 def become_snippet(chan_fd, out_fd, msg, ns):
     """In a freshly forked child: set up, run `msg`'s code in `ns`, report, then exit or serve as
     a zygote. Never returns. `out_fd` is this process's output memfd for its whole life."""
     try:
-        signal.set_wakeup_fd(-1)
-        for s in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGALRM):
-            signal.signal(s, signal.SIG_DFL)
-        # Past RLIMIT_FSIZE a write fails with EFBIG (an exception the snippet reports) instead of
-        # killing the process: that is how runaway output ends.
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        devnull = os.open("/dev/null", os.O_RDWR)
-        _dup2(devnull, 0)
-        # Through fds >= 10 first: either may sit on 3 or 4 where the other is going.
-        chan_fd, out_fd = _dupfd(chan_fd, _F_DUPFD, 10), _dupfd(out_fd, _F_DUPFD, 10)
-        _dup2(chan_fd, 3)
-        _dup2(out_fd, 4)
+        child_fds(chan_fd, out_fd)
         _closerange(5, MAXFD)  # the sandbox itself is inherited from the base process
         chan = socket.socket(fileno=3)
         if msg.get("want_pid"):
@@ -425,16 +431,8 @@ def become_base(chan_fd, out_fd):
     interpreter state, so every root-level snippet is a plain fork of it (the server neither
     forks its own, growing process nor repeats the sandbox set-up per snippet). Never returns."""
     try:
-        signal.set_wakeup_fd(-1)
-        for s in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGALRM):
-            signal.signal(s, signal.SIG_DFL)
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        devnull = os.open("/dev/null", os.O_RDWR)
-        _dup2(devnull, 0)
-        chan_fd, out_fd = _dupfd(chan_fd, _F_DUPFD, 10), _dupfd(out_fd, _F_DUPFD, 10)
-        _dup2(chan_fd, 3)
-        _dup2(out_fd, 4)
-        drop_privileges()
+        child_fds(chan_fd, out_fd)
+        drop_privileges()  # before closing the server's fds: it uses the Landlock ruleset
         _closerange(5, MAXFD)
         _dup2(0, 1)
         _dup2(0, 2)
