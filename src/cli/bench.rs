@@ -13,7 +13,9 @@ pub enum BenchCommand {
     Forest(ForestArgs),
     /// The executor: our sandboxed incremental executor against an rStar-style baseline (a pool
     /// of 2 workers re-running every ancestor's code in-process, unsandboxed) on the same
-    /// generated trajectories, one round per depth; prints steps/s of both and the speedup.
+    /// generated trajectories, one round per depth; prints steps/s of both and the speedup, and
+    /// the roofline of any incremental executor (the same workers running only each step's own
+    /// code, one namespace per path, no sandbox or fork).
     Exec(ExecBenchArgs),
     /// Generation: prefill and batched greedy decode of the local policy on the first GSM8K test
     /// questions (prompts × samples sequences, the samples sharing their prompt's prefill);
