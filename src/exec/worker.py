@@ -50,7 +50,7 @@ MAXFD = 65536
 _fork, _exit, _dup2, _close, _read, _write = os.fork, os._exit, os.dup2, os.close, os.read, os.write
 _waitpid, _pidfd_open, _closerange = os.waitpid, getattr(os, "pidfd_open", None), os.closerange
 _dumps, _loads, _pack, _unpack = json.dumps, json.loads, struct.pack, struct.unpack
-_select, _perf, _getpid, _chdir = select.select, time.perf_counter, os.getpid, os.chdir
+_perf, _getpid, _chdir = time.perf_counter, os.getpid, os.chdir
 _setrlimit, _getrlimit = resource.setrlimit, resource.getrlimit
 _compile, _exec = builtins.compile, builtins.exec
 _dupfd, _F_DUPFD = fcntl.fcntl, fcntl.F_DUPFD
@@ -73,6 +73,14 @@ def send_frame(sock, obj, fds=()):
             sock.sendall(buf[n:])
     else:
         sock.sendall(buf)
+
+
+def send_blocking(sock, obj, fds=()):
+    """One frame to a process the server otherwise reads without blocking; a process that does
+    not take it within 2 s counts as stuck (OSError)."""
+    sock.settimeout(2.0)
+    send_frame(sock, obj, fds)
+    sock.setblocking(False)
 
 
 def recv_exact(sock, n, fds):
@@ -713,14 +721,7 @@ class Server:
             self.close_proc(b.sock, -1, b.pid, kill=True)
 
     def on_base(self):
-        b = self.base
-        if b is None:
-            return
-        frames, b.buf, eof = self.read_frames(b.sock, b.buf)
-        for m in frames:
-            if isinstance(m, dict) and m.get("op") == "exit":
-                self.on_frame(None, m)
-        if eof:
+        if self.base is not None and self.relay_exits(self.base):
             self.drop_base()
 
     # -- Rust side --------------------------------------------------------------------------
@@ -841,9 +842,7 @@ class Server:
                 sock, memfd, buf, pid = base.sock, base.memfd, base.buf, base.pid
                 self.forget_zygote(self.recs[base.rid])
                 try:
-                    sock.settimeout(2.0)
-                    send_frame(sock, msg)
-                    sock.setblocking(False)
+                    send_blocking(sock, msg)
                 except OSError:
                     self.close_proc(sock, memfd, pid, kill=True)
                     shutil.rmtree(scratch, ignore_errors=True)
@@ -855,9 +854,7 @@ class Server:
                 forker = base if base is not None else self.base_process()
                 pid = None  # the child reports it in its first frame
                 try:
-                    forker.sock.settimeout(2.0)
-                    send_frame(forker.sock, msg, [c_end.fileno(), memfd])
-                    forker.sock.setblocking(False)
+                    send_blocking(forker.sock, msg, [c_end.fileno(), memfd])
                 except OSError:
                     # The zygote is gone or stuck: drop it and plan again from further up.
                     for c in (s_end, c_end):
@@ -954,15 +951,18 @@ class Server:
                 child.status = m.get("status")
                 self.maybe_finish(child)
 
-    def on_zyg(self, key):
-        z = self.zyg_fds.get(key.fd)
-        if z is None:
-            return
+    def relay_exits(self, z):
+        """Reads a zygote's (or the base's) channel: the only frames it sends between runs are
+        its children's exit reports. Returns whether the channel reached EOF."""
         frames, z.buf, eof = self.read_frames(z.sock, z.buf)
         for m in frames:
             if isinstance(m, dict) and m.get("op") == "exit":
                 self.on_frame(None, m)
-        if eof:
+        return eof
+
+    def on_zyg(self, key):
+        z = self.zyg_fds.get(key.fd)
+        if z is not None and self.relay_exits(z):
             rec = self.recs.get(z.rid)
             if rec is not None and rec.zyg is z:
                 self.drop_zygote(rec)

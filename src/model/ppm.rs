@@ -62,7 +62,7 @@ pub struct Ppm {
 /// What scoring has cost so far.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct PpmStats {
-    /// Texts scored.
+    /// Texts run through the backbone (a new question's prompt, warmed alone, included).
     pub texts: usize,
     /// Their tokens, all of them.
     pub tokens: usize,
@@ -345,12 +345,12 @@ impl Ppm {
         // A question not seen before: its prompt runs once, alone, so that every item of it
         // continues the prompt's cache instead of each recomputing it.
         if lock(&self.prefix_cache).budget() > 0 {
+            let mut questions: Vec<&str> = items.iter().map(|(q, _)| *q).collect();
+            questions.sort_unstable();
+            questions.dedup();
             let mut fresh: Vec<String> = Vec::new();
-            for (q, _) in items {
+            for q in questions {
                 let prompt = self.input_text(q, "");
-                if fresh.contains(&prompt) {
-                    continue;
-                }
                 let tokens = self.tokenizer.encode(&prompt)?;
                 let covered = lock(&self.prefix_cache)
                     .lookup(&tokens)
